@@ -1,0 +1,133 @@
+// Plugin ABI. A plugin is a shared object (MODULE library) exporting two symbols:
+//
+//   const uint32_t vlm_plugin_abi_version;              // = VLM_PLUGIN_ABI_VERSION, read before any call
+//   const struct vlm_plugin_desc *vlm_plugin_query(void);
+//
+// The loader (vlm_plugin_open) checks the data symbol first, then the descriptor (ABI version again, kind,
+// name, the kind's operation table), and refuses a plugin that does not match with a message naming the file.
+// Plugins link libvlm (the SDK: GGUF reader, tokenizer, backend ops) and never the daemon. The host hands a
+// plugin its compute backend in `struct vlm_host`.
+//
+// Threading: a model instance is used by one worker thread at a time; sessions belong to that worker.
+#ifndef VLM_PLUGIN_H
+#define VLM_PLUGIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vlm/backend.h"
+#include "vlm/error.h"
+#include "vlm/export.h"
+#include "vlm/tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VLM_PLUGIN_ABI_VERSION 1u
+
+enum vlm_plugin_kind {
+    VLM_PLUGIN_KIND_ENCODER = 1,
+    VLM_PLUGIN_KIND_PROJECTOR = 2,
+    VLM_PLUGIN_KIND_LLM = 3,
+};
+
+// What the host gives a plugin instance.
+struct vlm_host {
+    uint32_t abi_version;        // VLM_PLUGIN_ABI_VERSION of the host
+    struct vlm_backend *backend; // compute backend the instance runs on (borrowed)
+    // Polled between layers; a true return stops the current call with VLM_ECANCELED. May be NULL.
+    bool (*should_cancel)(void *user);
+    void *cancel_user;
+};
+
+// ---- LLM ---------------------------------------------------------------------------------------------------
+
+struct vlm_llm_info {
+    char arch[32];       // "llama"
+    char name[64];       // general.name, may be empty
+    int32_t n_vocab;
+    int32_t n_embd;      // width of the embeddings eval accepts
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t n_ctx_train; // context length the model was trained with
+    enum vlm_type weight_type; // type of most matrix weights
+    uint64_t n_params;
+    uint64_t weight_bytes;
+};
+
+struct vlm_llm_params {
+    int32_t n_ctx;        // KV cache positions per session; <= 0: min(n_ctx_train, 4096)
+    enum vlm_type kv_type; // VLM_TYPE_F32 or VLM_TYPE_F16 (default 0 = F32... set explicitly)
+};
+
+// One step of input: either token ids or embeddings (n rows of n_embd floats, e.g. projected image features).
+struct vlm_llm_batch {
+    const int32_t *tokens; // n ids, or NULL
+    const float *embd;     // n * n_embd floats, or NULL
+    int32_t n;
+    bool logits_all; // write logits for every row (n * n_vocab); otherwise only the last row's
+};
+
+struct vlm_llm_ops {
+    // Loads `path` (GGUF). `*model` is written only on success.
+    int (*load)(const struct vlm_host *host, const char *path, const struct vlm_llm_params *params, void **model,
+                struct vlm_diag *diag);
+    void (*unload)(void *model);
+    void (*info)(const void *model, struct vlm_llm_info *info);
+    const struct vlm_tokenizer *(*tokenizer)(const void *model); // owned by the model
+
+    // A session holds one sequence's KV cache (n_ctx from params at load unless n_ctx > 0 here).
+    int (*session_new)(void *model, int32_t n_ctx, void **session, struct vlm_diag *diag);
+    void (*session_free)(void *session);
+    int32_t (*session_n_past)(const void *session);
+    int32_t (*session_n_ctx)(const void *session);
+    // Forgets cache positions >= n_past (n_past <= current).
+    int (*session_truncate)(void *session, int32_t n_past);
+    // Appends the batch at positions n_past.. and writes logits (see vlm_llm_batch.logits_all).
+    // VLM_ENOSPC if the cache would overflow (nothing is appended), VLM_ECANCELED if the host cancelled.
+    int (*session_eval)(void *session, const struct vlm_llm_batch *batch, float *logits, struct vlm_diag *diag);
+};
+
+// ---- descriptor --------------------------------------------------------------------------------------------
+
+struct vlm_plugin_desc {
+    uint32_t abi_version; // VLM_PLUGIN_ABI_VERSION the plugin was built against
+    enum vlm_plugin_kind kind;
+    const char *name;        // "llm-llama"
+    const char *version;     // plugin version string
+    const char *description; // one line
+    const char *const *archs; // NULL-terminated list of GGUF general.architecture values it loads
+    const struct vlm_llm_ops *llm; // for VLM_PLUGIN_KIND_LLM
+    const void *encoder;           // reserved for VLM_PLUGIN_KIND_ENCODER
+    const void *projector;         // reserved for VLM_PLUGIN_KIND_PROJECTOR
+};
+
+typedef const struct vlm_plugin_desc *(*vlm_plugin_query_fn)(void);
+
+// ---- host side: loading plugins ----------------------------------------------------------------------------
+
+struct vlm_plugin; // an opened plugin (dlopen handle + descriptor)
+
+// dlopen()s `path` with RTLD_NOW | RTLD_LOCAL and validates it. VLM_EABI for a wrong ABI version, VLM_EINVAL
+// for a missing symbol, wrong kind or incomplete operation table; the message names the file.
+VLM_API int vlm_plugin_open(const char *path, struct vlm_plugin **out, struct vlm_diag *diag);
+VLM_API void vlm_plugin_close(struct vlm_plugin *p);
+VLM_API const struct vlm_plugin_desc *vlm_plugin_desc(const struct vlm_plugin *p);
+VLM_API const char *vlm_plugin_path(const struct vlm_plugin *p);
+
+// Scans `dir` for plugins (*.so) of `kind` whose descriptor lists `arch` and opens the first match (in name
+// order). VLM_ENOTFOUND when none does; plugins that fail to open are skipped with a warning.
+VLM_API int vlm_plugin_open_for_arch(const char *dir, enum vlm_plugin_kind kind, const char *arch,
+                                     struct vlm_plugin **out, struct vlm_diag *diag);
+
+// The directory plugins are installed in (compile-time default, overridden by VLM_PLUGIN_DIR).
+VLM_API const char *vlm_plugin_default_dir(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif // VLM_PLUGIN_H

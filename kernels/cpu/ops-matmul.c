@@ -1,0 +1,151 @@
+// Matrix multiplication dst[t][o] = sum_i w[o][i] x[t][i] for every weight type with CPU traits.
+//
+// Activation rows are converted once per call to the weight type's vec_dot_type (into the backend's conversion
+// buffer), then output rows are handed out in chunks through an atomic counter, so a thread that got
+// descheduled does not hold up the others. Matvec (one token) is bound by weight bandwidth: chunks are
+// contiguous row ranges. Prefill tiles a block of weight rows against a block of tokens so that the weight
+// block stays in L1/L2 while the tokens stream past, using the type's multi-row kernel when it has one.
+#include <stdatomic.h>
+
+#include "kernels/cpu/ops-cpu.h"
+#include "kernels/cpu/quants.h"
+
+// Prefill: a chunk is TILE_ROWS weight rows (tens of KB: stays in L2) against every token. With plain vec_dot
+// the chunk walks the tokens a few at a time (as many converted rows as fit in TILE_L1_BYTES), and each weight
+// row meets all of them back to back while they sit in L1. The multi-row kernel tiles registers itself and gets
+// a larger activation block per call.
+#define TILE_ROWS 16
+#define TILE_L1_BYTES 24576
+#define TILE_TOKS_MAX 8
+#define TILE_TOKS_NX 32
+
+struct convert_ctx {
+    const struct vlm_tensor *x;
+    vlm_from_float_fn from_float;
+    char *xq;
+    size_t xq_row;
+    int64_t n_in;
+    int64_t n_tok;
+};
+
+static void convert_rows(void *arg, int ith, int nth) {
+    const struct convert_ctx *cc = arg;
+    int64_t lo, hi;
+    vlm__cpu_split(cc->n_tok, ith, nth, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++) {
+        cc->from_float(vlm__row_f32(cc->x, t), cc->xq + (size_t)t * cc->xq_row, cc->n_in);
+    }
+}
+
+struct matmul_ctx {
+    const struct vlm_cpu_type_traits *tr;
+    const char *w;
+    size_t w_row;
+    const char *xq;
+    size_t xq_row;
+    float *dst;
+    size_t dst_row; // floats between output rows (tokens)
+    int64_t n_in;
+    int64_t n_out;
+    int64_t n_tok;
+    int64_t chunk_rows;
+    int64_t n_chunks;
+    atomic_llong next;
+};
+
+static void matvec_chunk(const struct matmul_ctx *mc, int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; o++) {
+        mc->tr->vec_dot(mc->n_in, mc->dst + o, mc->w + (size_t)o * mc->w_row, mc->xq);
+    }
+}
+
+static void matmul_chunk(const struct matmul_ctx *mc, int64_t o0, int64_t o1) {
+    int64_t tile = TILE_TOKS_NX;
+    if (!mc->tr->vec_dot_nx) {
+        tile = (int64_t)(TILE_L1_BYTES / mc->xq_row);
+        tile = tile < 1 ? 1 : (tile > TILE_TOKS_MAX ? TILE_TOKS_MAX : tile);
+    }
+    for (int64_t t0 = 0; t0 < mc->n_tok; t0 += tile) {
+        int64_t t1 = t0 + tile < mc->n_tok ? t0 + tile : mc->n_tok;
+        if (mc->tr->vec_dot_nx) {
+            mc->tr->vec_dot_nx(mc->n_in, mc->dst + (size_t)t0 * mc->dst_row + o0, mc->dst_row,
+                               mc->w + (size_t)o0 * mc->w_row, mc->w_row, mc->xq + (size_t)t0 * mc->xq_row,
+                               mc->xq_row, (int)(o1 - o0), (int)(t1 - t0));
+            continue;
+        }
+        for (int64_t o = o0; o < o1; o++) {
+            const char *wr = mc->w + (size_t)o * mc->w_row;
+            for (int64_t t = t0; t < t1; t++) {
+                mc->tr->vec_dot(mc->n_in, mc->dst + (size_t)t * mc->dst_row + o, wr, mc->xq + (size_t)t * mc->xq_row);
+            }
+        }
+    }
+}
+
+static void matmul_worker(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    struct matmul_ctx *mc = arg;
+    for (;;) {
+        int64_t chunk = atomic_fetch_add_explicit(&mc->next, 1, memory_order_relaxed);
+        if (chunk >= mc->n_chunks) {
+            break;
+        }
+        int64_t o0 = chunk * mc->chunk_rows;
+        int64_t o1 = o0 + mc->chunk_rows < mc->n_out ? o0 + mc->chunk_rows : mc->n_out;
+        if (mc->n_tok == 1) {
+            matvec_chunk(mc, o0, o1);
+        } else {
+            matmul_chunk(mc, o0, o1);
+        }
+    }
+}
+
+void vlm__cpu_matmul(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *w,
+                     const struct vlm_tensor *x) {
+    struct vlm_cpu_ctx *c = vlm__cpu_ctx(be);
+    const struct vlm_cpu_type_traits *tr = vlm__cpu_type_traits(w->type);
+    int64_t n_in = w->ne[0], n_out = w->ne[1], n_tok = x->ne[1];
+
+    const char *xq;
+    size_t xq_row;
+    if (tr->vec_dot_type == VLM_TYPE_F32) {
+        xq = x->data;
+        xq_row = x->nb[1];
+    } else {
+        xq_row = vlm_row_size(tr->vec_dot_type, n_in);
+        struct convert_ctx cc = {
+            .x = x,
+            .from_float = tr->from_float,
+            .xq = vlm__cpu_wdata(c, xq_row * (size_t)n_tok),
+            .xq_row = xq_row,
+            .n_in = n_in,
+            .n_tok = n_tok,
+        };
+        vlm__cpu_parallel(c, convert_rows, &cc, n_tok > 1 ? n_in * n_tok : 0);
+        xq = cc.xq;
+    }
+
+    struct matmul_ctx mc = {
+        .tr = tr,
+        .w = w->data,
+        .w_row = w->nb[1],
+        .xq = xq,
+        .xq_row = xq_row,
+        .dst = dst->data,
+        .dst_row = dst->nb[1] / sizeof(float),
+        .n_in = n_in,
+        .n_out = n_out,
+        .n_tok = n_tok,
+    };
+    if (n_tok == 1) {
+        // Four chunks per thread evens out cores that run slower (SMT siblings, other processes).
+        int64_t per = (n_out + 4 * (int64_t)c->n_threads - 1) / (4 * (int64_t)c->n_threads);
+        mc.chunk_rows = per < 8 ? 8 : per;
+    } else {
+        mc.chunk_rows = TILE_ROWS;
+    }
+    mc.n_chunks = (n_out + mc.chunk_rows - 1) / mc.chunk_rows;
+    atomic_init(&mc.next, 0);
+    vlm__cpu_parallel(c, matmul_worker, &mc, n_in * n_out * n_tok);
+}

@@ -1,0 +1,138 @@
+// Quantized block layouts (bit-exact with ggml's, see ../shared/docs/gguf-llava.md §2) and the CPU compute
+// traits of each tensor type: which activation format a dot product wants and the dot product itself, chosen
+// at run time for the instruction set (scalar, AVX2, AVX-512).
+#ifndef VLM_CPU_QUANTS_H
+#define VLM_CPU_QUANTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vlm/types.h"
+
+#define VLM_QK4_0 32
+#define VLM_QK4_1 32
+#define VLM_QK5_0 32
+#define VLM_QK5_1 32
+#define VLM_QK8_0 32
+#define VLM_QK8_1 32
+#define VLM_QK_K 256
+#define VLM_K_SCALE_SIZE 12
+
+// fp16 fields are stored as raw uint16_t bits.
+struct vlm_block_q4_0 {
+    uint16_t d;
+    uint8_t qs[VLM_QK4_0 / 2];
+};
+struct vlm_block_q4_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qs[VLM_QK4_1 / 2];
+};
+struct vlm_block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[VLM_QK5_0 / 2];
+};
+struct vlm_block_q5_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qh[4];
+    uint8_t qs[VLM_QK5_1 / 2];
+};
+struct vlm_block_q8_0 {
+    uint16_t d;
+    int8_t qs[VLM_QK8_0];
+};
+struct vlm_block_q8_1 { // activation format: d and s = d * sum(qs) as fp16
+    uint16_t d;
+    uint16_t s;
+    int8_t qs[VLM_QK8_1];
+};
+struct vlm_block_q2_k {
+    uint8_t scales[VLM_QK_K / 16];
+    uint8_t qs[VLM_QK_K / 4];
+    uint16_t d;
+    uint16_t dmin;
+};
+struct vlm_block_q3_k {
+    uint8_t hmask[VLM_QK_K / 8];
+    uint8_t qs[VLM_QK_K / 4];
+    uint8_t scales[12];
+    uint16_t d;
+};
+struct vlm_block_q4_k {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[VLM_K_SCALE_SIZE];
+    uint8_t qs[VLM_QK_K / 2];
+};
+struct vlm_block_q5_k {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[VLM_K_SCALE_SIZE];
+    uint8_t qh[VLM_QK_K / 8];
+    uint8_t qs[VLM_QK_K / 2];
+};
+struct vlm_block_q6_k {
+    uint8_t ql[VLM_QK_K / 2];
+    uint8_t qh[VLM_QK_K / 4];
+    int8_t scales[VLM_QK_K / 16];
+    uint16_t d;
+};
+struct vlm_block_q8_k { // activation format for K-quant dot products
+    float d;
+    int8_t qs[VLM_QK_K];
+    int16_t bsums[VLM_QK_K / 16];
+};
+
+_Static_assert(sizeof(struct vlm_block_q4_0) == 18, "q4_0 block size");
+_Static_assert(sizeof(struct vlm_block_q4_1) == 20, "q4_1 block size");
+_Static_assert(sizeof(struct vlm_block_q5_0) == 22, "q5_0 block size");
+_Static_assert(sizeof(struct vlm_block_q5_1) == 24, "q5_1 block size");
+_Static_assert(sizeof(struct vlm_block_q8_0) == 34, "q8_0 block size");
+_Static_assert(sizeof(struct vlm_block_q8_1) == 36, "q8_1 block size");
+_Static_assert(sizeof(struct vlm_block_q2_k) == 84, "q2_k block size");
+_Static_assert(sizeof(struct vlm_block_q3_k) == 110, "q3_k block size");
+_Static_assert(sizeof(struct vlm_block_q4_k) == 144, "q4_k block size");
+_Static_assert(sizeof(struct vlm_block_q5_k) == 176, "q5_k block size");
+_Static_assert(sizeof(struct vlm_block_q6_k) == 210, "q6_k block size");
+_Static_assert(sizeof(struct vlm_block_q8_k) == 292, "q8_k block size");
+
+// Instruction-set paths. Chosen once at first use (best the CPU has; VLM_CPU_ISA=scalar|avx2|avx512 in the
+// environment caps it) and switchable by tests.
+enum vlm_cpu_isa {
+    VLM_CPU_ISA_SCALAR = 0,
+    VLM_CPU_ISA_AVX2 = 1,   // AVX2 + FMA + F16C
+    VLM_CPU_ISA_AVX512 = 2, // AVX-512 F/BW/VL/DQ + VNNI (+ BF16 when present)
+};
+
+// Dot product of one weight row (n elements, type T, blocks contiguous) with one activation row already
+// converted to T's vec_dot_type. Writes the float result to *s.
+typedef void (*vlm_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x);
+
+// Tile of dot products for prefill: s[ix * s_stride + iw] = dot(row iw of w, row ix of x) for iw < nw, ix < nx.
+// Weight rows are w_stride bytes apart, activation rows x_stride bytes apart (activations already converted to
+// vec_dot_type); s_stride counts floats. Any nw, nx >= 1 is accepted: the kernel tiles internally so that each
+// weight block, once loaded and unpacked into registers, is used against several activation rows. Results equal
+// vec_dot's up to float summation order.
+typedef void (*vlm_vec_dot_nx_fn)(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                  const void *x, size_t x_stride, int nw, int nx);
+
+struct vlm_cpu_type_traits {
+    enum vlm_type vec_dot_type;  // format activations are converted to (F32, F16, BF16, Q8_0, Q8_1, Q8_K)
+    vlm_from_float_fn from_float; // F32 -> vec_dot_type for activations (NULL when vec_dot_type is F32)
+    vlm_vec_dot_fn vec_dot;       // NULL when the type cannot be used for compute
+    vlm_vec_dot_nx_fn vec_dot_nx; // optional multi-row kernel (NULL: call vec_dot per pair)
+};
+
+// Traits for the current ISA path; NULL for types the CPU backend cannot compute with.
+const struct vlm_cpu_type_traits *vlm__cpu_type_traits(enum vlm_type type);
+// Traits of a specific path (for tests comparing paths); NULL if that path lacks the type or the CPU lacks it.
+const struct vlm_cpu_type_traits *vlm__cpu_type_traits_isa(enum vlm_type type, enum vlm_cpu_isa isa);
+
+enum vlm_cpu_isa vlm__cpu_isa_best(void);    // best path this CPU can run
+enum vlm_cpu_isa vlm__cpu_isa_get(void);     // path in use
+int vlm__cpu_isa_set(enum vlm_cpu_isa isa);  // VLM_EUNSUPPORTED if the CPU lacks it
+const char *vlm__cpu_isa_name(enum vlm_cpu_isa isa);
+
+#endif // VLM_CPU_QUANTS_H

@@ -1,0 +1,479 @@
+// vlm-run: run an LLM from a GGUF file on the command line and stream its answer.
+//
+//   vlm-run --model m.gguf -p "Once upon a time" -n 64 [-t THREADS] [--temp 0] ...
+//
+// The model is loaded through the plugin registered for its architecture (llm-llama for "llama"), exactly
+// as the daemon does it, so what vlm-run prints is what vlmd answers for the same seed.
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vlm/backend.h"
+#include "vlm/generate.h"
+#include "vlm/gguf.h"
+#include "vlm/log.h"
+#include "vlm/plugin.h"
+#include "vlm/sampler.h"
+#include "vlm/tokenizer.h"
+
+#define MAX_STOPS 16
+
+struct options {
+    const char *model;
+    const char *prompt;
+    const char *prompt_file;
+    const char *plugin_dir;
+    int32_t n_predict;
+    int32_t n_ctx;
+    int n_threads;
+    bool parse_special;
+    bool no_bos;
+    bool json_stats;
+    bool show_prompt;
+    enum vlm_type kv_type;
+    struct vlm_sampler_params sampling;
+    const char *stops[MAX_STOPS];
+    int n_stops;
+};
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: vlm-run [options] -p PROMPT\n"
+            "\n"
+            "Runs a language model from a GGUF file and prints the generated text as it is produced.\n"
+            "\n"
+            "model:\n"
+            "  -m, --model FILE         GGUF model (default: the bundled tiny test model in a build tree)\n"
+            "      --plugin-dir DIR     where plugins are (default: $VLM_PLUGIN_DIR, the build tree, %s)\n"
+            "  -c, --ctx-size N         context positions (default: min(trained context, 4096))\n"
+            "      --kv-type f16|f32    KV cache element type (default f16)\n"
+            "  -t, --threads N          compute threads (default: number of CPUs)\n"
+            "prompt:\n"
+            "  -p, --prompt TEXT        the prompt\n"
+            "  -f, --file FILE          read the prompt from FILE\n"
+            "      --special            parse special-token text such as </s> in the prompt\n"
+            "      --no-bos             do not add the BOS token\n"
+            "      --show-prompt        echo the prompt before the answer\n"
+            "generation:\n"
+            "  -n, --n-predict N        tokens to generate (default 128; -1: until end of text)\n"
+            "      --temp T             temperature (default 0.8; 0 = greedy)\n"
+            "      --top-k N            (default 40; 0 = off)\n"
+            "      --top-p P            (default 0.95; 1 = off)\n"
+            "      --min-p P            (default 0.05; 0 = off)\n"
+            "      --repeat-penalty F   (default 1.0 = off)\n"
+            "      --repeat-last-n N    tokens the penalty looks back over (default 64)\n"
+            "  -s, --seed N             random seed (default 42)\n"
+            "      --stop TEXT          stop when TEXT is generated (repeatable, up to %d)\n"
+            "output:\n"
+            "      --json-stats         print timings as one JSON line on stderr\n"
+            "  -v, --verbose            log debug detail\n"
+            "  -h, --help               this help\n",
+            vlm_plugin_default_dir(), MAX_STOPS);
+}
+
+static bool parse_int(const char *s, long lo, long hi, long *out) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v < lo || v > hi) {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static bool parse_float(const char *s, float *out) {
+    char *end;
+    float v = strtof(s, &end);
+    if (*s == 0 || *end != 0) {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static int parse_args(int argc, char **argv, struct options *o) {
+    enum {
+        OPT_PLUGIN_DIR = 256,
+        OPT_KV_TYPE,
+        OPT_SPECIAL,
+        OPT_NO_BOS,
+        OPT_SHOW_PROMPT,
+        OPT_TEMP,
+        OPT_TOP_K,
+        OPT_TOP_P,
+        OPT_MIN_P,
+        OPT_REPEAT_PENALTY,
+        OPT_REPEAT_LAST_N,
+        OPT_STOP,
+        OPT_JSON_STATS,
+    };
+    static const struct option longopts[] = {
+        {"model", required_argument, NULL, 'm'},
+        {"plugin-dir", required_argument, NULL, OPT_PLUGIN_DIR},
+        {"ctx-size", required_argument, NULL, 'c'},
+        {"kv-type", required_argument, NULL, OPT_KV_TYPE},
+        {"threads", required_argument, NULL, 't'},
+        {"prompt", required_argument, NULL, 'p'},
+        {"file", required_argument, NULL, 'f'},
+        {"special", no_argument, NULL, OPT_SPECIAL},
+        {"no-bos", no_argument, NULL, OPT_NO_BOS},
+        {"show-prompt", no_argument, NULL, OPT_SHOW_PROMPT},
+        {"n-predict", required_argument, NULL, 'n'},
+        {"temp", required_argument, NULL, OPT_TEMP},
+        {"top-k", required_argument, NULL, OPT_TOP_K},
+        {"top-p", required_argument, NULL, OPT_TOP_P},
+        {"min-p", required_argument, NULL, OPT_MIN_P},
+        {"repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY},
+        {"repeat-last-n", required_argument, NULL, OPT_REPEAT_LAST_N},
+        {"seed", required_argument, NULL, 's'},
+        {"stop", required_argument, NULL, OPT_STOP},
+        {"json-stats", no_argument, NULL, OPT_JSON_STATS},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    long v;
+    while ((c = getopt_long(argc, argv, "m:c:t:p:f:n:s:vh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            o->model = optarg;
+            break;
+        case OPT_PLUGIN_DIR:
+            o->plugin_dir = optarg;
+            break;
+        case 'c':
+            if (!parse_int(optarg, 1, 1 << 24, &v)) {
+                goto bad;
+            }
+            o->n_ctx = (int32_t)v;
+            break;
+        case OPT_KV_TYPE:
+            if (!strcmp(optarg, "f16")) {
+                o->kv_type = VLM_TYPE_F16;
+            } else if (!strcmp(optarg, "f32")) {
+                o->kv_type = VLM_TYPE_F32;
+            } else {
+                goto bad;
+            }
+            break;
+        case 't':
+            if (!parse_int(optarg, 1, 1024, &v)) {
+                goto bad;
+            }
+            o->n_threads = (int)v;
+            break;
+        case 'p':
+            o->prompt = optarg;
+            break;
+        case 'f':
+            o->prompt_file = optarg;
+            break;
+        case OPT_SPECIAL:
+            o->parse_special = true;
+            break;
+        case OPT_NO_BOS:
+            o->no_bos = true;
+            break;
+        case OPT_SHOW_PROMPT:
+            o->show_prompt = true;
+            break;
+        case 'n':
+            if (!parse_int(optarg, -1, 1 << 24, &v)) {
+                goto bad;
+            }
+            o->n_predict = (int32_t)v;
+            break;
+        case OPT_TEMP:
+            if (!parse_float(optarg, &o->sampling.temperature)) {
+                goto bad;
+            }
+            break;
+        case OPT_TOP_K:
+            if (!parse_int(optarg, 0, 1 << 24, &v)) {
+                goto bad;
+            }
+            o->sampling.top_k = (int32_t)v;
+            break;
+        case OPT_TOP_P:
+            if (!parse_float(optarg, &o->sampling.top_p)) {
+                goto bad;
+            }
+            break;
+        case OPT_MIN_P:
+            if (!parse_float(optarg, &o->sampling.min_p)) {
+                goto bad;
+            }
+            break;
+        case OPT_REPEAT_PENALTY:
+            if (!parse_float(optarg, &o->sampling.repeat_penalty) || !(o->sampling.repeat_penalty > 0.0f)) {
+                goto bad;
+            }
+            break;
+        case OPT_REPEAT_LAST_N:
+            if (!parse_int(optarg, -1, 1 << 24, &v)) {
+                goto bad;
+            }
+            o->sampling.repeat_last_n = (int32_t)v;
+            break;
+        case 's':
+            if (!parse_int(optarg, 0, __LONG_MAX__, &v)) {
+                goto bad;
+            }
+            o->sampling.seed = (uint64_t)v;
+            break;
+        case OPT_STOP:
+            if (o->n_stops == MAX_STOPS || optarg[0] == 0) {
+                goto bad;
+            }
+            o->stops[o->n_stops++] = optarg;
+            break;
+        case OPT_JSON_STATS:
+            o->json_stats = true;
+            break;
+        case 'v':
+            vlm_log_set_level(VLM_LOG_DEBUG);
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "vlm-run: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    return 0;
+bad:
+    fprintf(stderr, "vlm-run: invalid value '%s' for option %s\n", optarg, argv[optind - 1]);
+    return -1;
+}
+
+static char *read_text_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += n;
+        if (cap - len < 2) {
+            char *p = realloc(buf, cap * 2);
+            if (!p) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = p;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (buf) {
+        buf[len] = 0;
+    }
+    return buf;
+}
+
+static bool is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static const char *pick_plugin_dir(const struct options *o) {
+    if (o->plugin_dir) {
+        return o->plugin_dir;
+    }
+    if (getenv("VLM_PLUGIN_DIR")) {
+        return vlm_plugin_default_dir();
+    }
+#ifdef VLM_PLUGIN_BUILD_DIR
+    if (is_dir(VLM_PLUGIN_BUILD_DIR)) {
+        return VLM_PLUGIN_BUILD_DIR; // running from a build tree
+    }
+#endif
+    return vlm_plugin_default_dir();
+}
+
+static bool print_piece(const char *text, size_t len, void *user) {
+    (void)user;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return true;
+}
+
+static const char *stop_reason_name(enum vlm_stop_reason r) {
+    switch (r) {
+    case VLM_STOP_EOS:
+        return "eos";
+    case VLM_STOP_STRING:
+        return "stop";
+    case VLM_STOP_LENGTH:
+        return "length";
+    case VLM_STOP_CONTEXT:
+        return "context";
+    case VLM_STOP_CANCELLED:
+        return "cancelled";
+    default:
+        return "none";
+    }
+}
+
+int main(int argc, char **argv) {
+    struct options o = {.n_predict = 128, .kv_type = VLM_TYPE_F16, .sampling = vlm_sampler_default_params()};
+    if (parse_args(argc, argv, &o) != 0) {
+        return 2;
+    }
+#ifdef VLM_SOURCE_DIR
+    static const char default_model[] = VLM_SOURCE_DIR "/tests/data/golden/llama-gqa/model-f32.gguf";
+    if (!o.model && access(default_model, R_OK) == 0) {
+        o.model = default_model;
+    }
+#endif
+    if (!o.model) {
+        fprintf(stderr, "vlm-run: no model: give one with --model FILE.gguf\n");
+        return 2;
+    }
+    char *prompt_buf = NULL;
+    const char *prompt = o.prompt;
+    if (o.prompt_file) {
+        prompt = prompt_buf = read_text_file(o.prompt_file);
+        if (!prompt) {
+            fprintf(stderr, "vlm-run: cannot read prompt file %s\n", o.prompt_file);
+            return 2;
+        }
+    }
+    if (!prompt) {
+        fprintf(stderr, "vlm-run: no prompt: give one with -p TEXT or -f FILE\n");
+        return 2;
+    }
+
+    int status = 1;
+    struct vlm_diag diag = {0};
+    struct vlm_backend *be = NULL;
+    struct vlm_plugin *plugin = NULL;
+    struct vlm_llm llm = {0};
+    void *session = NULL;
+    int32_t *tokens = NULL;
+
+    // Which plugin: the one that lists the file's architecture.
+    char arch[64] = "";
+    struct vlm_gguf *g;
+    if (vlm_gguf_open(o.model, &g, &diag) != 0) {
+        fprintf(stderr, "vlm-run: %s\n", diag.msg);
+        goto out;
+    }
+    struct vlm_gguf_str a;
+    if (vlm_gguf_get_str(g, "general.architecture", &a, &diag) != 0) {
+        fprintf(stderr, "vlm-run: %s: no general.architecture key\n", o.model);
+        vlm_gguf_close(g);
+        goto out;
+    }
+    snprintf(arch, sizeof arch, "%.*s", (int)(a.len < 63 ? a.len : 63), a.ptr);
+    vlm_gguf_close(g);
+
+    const char *plugin_dir = pick_plugin_dir(&o);
+    if (vlm_plugin_open_for_arch(plugin_dir, VLM_PLUGIN_KIND_LLM, arch, &plugin, &diag) != 0) {
+        fprintf(stderr, "vlm-run: %s\n", diag.msg);
+        goto out;
+    }
+    struct vlm_backend_cpu_params bp = {.n_threads = o.n_threads};
+    if (vlm_backend_cpu_new(&bp, &be, &diag) != 0) {
+        fprintf(stderr, "vlm-run: %s\n", diag.msg);
+        goto out;
+    }
+    struct vlm_host host = {.abi_version = VLM_PLUGIN_ABI_VERSION, .backend = be};
+    struct vlm_llm_params lp = {.n_ctx = o.n_ctx, .kv_type = o.kv_type};
+    llm.ops = vlm_plugin_desc(plugin)->llm;
+    double t_load = vlm_time_ms();
+    if (llm.ops->load(&host, o.model, &lp, &llm.model, &diag) != 0) {
+        fprintf(stderr, "vlm-run: %s\n", diag.msg);
+        goto out;
+    }
+    t_load = vlm_time_ms() - t_load;
+    struct vlm_llm_info info;
+    llm.ops->info(llm.model, &info);
+    VLM_LOGI("%s: %s (%s), %d layers, n_embd %d, vocab %d, %.1f M params, %s weights, loaded in %.0f ms with %s "
+             "(%d threads)",
+             o.model, info.name[0] ? info.name : "unnamed", info.arch, info.n_layer, info.n_embd, info.n_vocab,
+             (double)info.n_params / 1e6, vlm_type_name(info.weight_type), t_load, vlm_backend_name(be),
+             vlm_backend_n_threads(be));
+
+    const struct vlm_tokenizer *tok = llm.ops->tokenizer(llm.model);
+    size_t plen = strlen(prompt);
+    int64_t n_tok = vlm_tokenize(tok, prompt, plen, !o.no_bos, o.parse_special, NULL, 0);
+    if (n_tok < 0) {
+        fprintf(stderr, "vlm-run: cannot tokenize the prompt: %s\n", vlm_strerror((int)n_tok));
+        goto out;
+    }
+    tokens = malloc((size_t)(n_tok > 0 ? n_tok : 1) * sizeof *tokens);
+    if (!tokens) {
+        fprintf(stderr, "vlm-run: out of memory\n");
+        goto out;
+    }
+    vlm_tokenize(tok, prompt, plen, !o.no_bos, o.parse_special, tokens, n_tok);
+    if (n_tok == 0) {
+        fprintf(stderr, "vlm-run: the prompt is empty\n");
+        goto out;
+    }
+    if (llm.ops->session_new(llm.model, 0, &session, &diag) != 0) {
+        fprintf(stderr, "vlm-run: %s\n", diag.msg);
+        goto out;
+    }
+    if (n_tok >= llm.ops->session_n_ctx(session)) {
+        fprintf(stderr, "vlm-run: the prompt has %lld tokens; the context holds %d\n", (long long)n_tok,
+                llm.ops->session_n_ctx(session));
+        goto out;
+    }
+    if (o.show_prompt) {
+        fputs(prompt, stdout);
+    }
+
+    struct vlm_prompt_part part = {.tokens = tokens, .n = (int32_t)n_tok};
+    struct vlm_generate_params gp = {
+        .n_predict = o.n_predict, .sampling = o.sampling, .stops = o.stops, .n_stops = o.n_stops};
+    struct vlm_generate_stats st;
+    int rc = vlm_generate(&llm, session, &part, 1, &gp, print_piece, NULL, NULL, 0, &st, &diag);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (rc != 0) {
+        fprintf(stderr, "vlm-run: %s\n", diag.msg);
+        goto out;
+    }
+    double prefill_tps = st.prefill_ms > 0 ? st.n_prompt / (st.prefill_ms / 1e3) : 0;
+    double decode_tps = st.decode_ms > 0 ? st.n_decode / (st.decode_ms / 1e3) : 0;
+    if (o.json_stats) {
+        fprintf(stderr,
+                "{\"prompt_tokens\":%d,\"prefill_ms\":%.3f,\"gen_tokens\":%d,\"decode_evals\":%d,\"decode_ms\":%.3f,"
+                "\"prefill_tps\":%.2f,\"decode_tps\":%.2f,\"threads\":%d,\"stop\":\"%s\"}\n",
+                st.n_prompt, st.prefill_ms, st.n_gen, st.n_decode, st.decode_ms, prefill_tps, decode_tps,
+                vlm_backend_n_threads(be), stop_reason_name(st.stop));
+    } else {
+        fprintf(stderr, "\nprompt: %d tokens in %.1f ms (%.1f tok/s) | generation: %d tokens in %.1f ms (%.1f tok/s) "
+                        "| %d threads | stop: %s\n",
+                st.n_prompt, st.prefill_ms, prefill_tps, st.n_gen, st.decode_ms, decode_tps, vlm_backend_n_threads(be),
+                stop_reason_name(st.stop));
+    }
+    status = 0;
+
+out:
+    if (session) {
+        llm.ops->session_free(session);
+    }
+    if (llm.model) {
+        llm.ops->unload(llm.model);
+    }
+    vlm_plugin_close(plugin);
+    vlm_backend_free(be);
+    free(tokens);
+    free(prompt_buf);
+    return status;
+}

@@ -1,0 +1,1 @@
+"""Helpers shared by vlmd's Python tools (tools/*.py)."""
