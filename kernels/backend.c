@@ -16,11 +16,11 @@ static _Noreturn void op_abort(const char *file, int line, const char *func, con
     abort();
 }
 
-#define OP_ASSERT(cond)                                                                                           \
-    do {                                                                                                          \
-        if (!(cond)) {                                                                                            \
-            op_abort(__FILE__, __LINE__, __func__, #cond);                                                        \
-        }                                                                                                         \
+#define OP_ASSERT(cond)                                                                                                \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            op_abort(__FILE__, __LINE__, __func__, #cond);                                                             \
+        }                                                                                                              \
     } while (0)
 
 // ---- tensors -------------------------------------------------------------------------------------------------
@@ -92,7 +92,9 @@ int vlm_tensor_alloc(struct vlm_backend *be, const struct vlm_tensor *desc, stru
     return 0;
 }
 
-int vlm_tensor_from_host(struct vlm_backend *be, const struct vlm_tensor *desc, const void *host,
+int vlm_tensor_from_host(struct vlm_backend *be,
+                         const struct vlm_tensor *desc,
+                         const void *host,
                          struct vlm_tensor *out) {
     OP_ASSERT(vlm_tensor_is_contiguous(desc));
     void *data = NULL;
@@ -151,8 +153,7 @@ int vlm_tensor_get(const struct vlm_tensor *t, void *dst, size_t offset, size_t 
 
 // ---- backend lifetime ----------------------------------------------------------------------------------------
 
-int vlm_backend_cpu_new(const struct vlm_backend_cpu_params *params, struct vlm_backend **out,
-                        struct vlm_diag *diag) {
+int vlm_backend_cpu_new(const struct vlm_backend_cpu_params *params, struct vlm_backend **out, struct vlm_diag *diag) {
     return vlm__backend_cpu_new(params, out, diag);
 }
 
@@ -194,8 +195,8 @@ bool vlm_backend_supports_type(const struct vlm_backend *be, enum vlm_type type)
 
 // F32 rows of ne[0] contiguous floats, with data.
 static bool is_f32_rows(const struct vlm_tensor *t) {
-    return t && t->data && t->type == VLM_TYPE_F32 && t->nb[0] == sizeof(float) && t->ne[0] >= 0 &&
-           t->ne[1] >= 0 && t->ne[2] >= 1 && t->ne[3] >= 1;
+    return t && t->data && t->type == VLM_TYPE_F32 && t->nb[0] == sizeof(float) && t->ne[0] >= 0 && t->ne[1] >= 0 &&
+           t->ne[2] >= 1 && t->ne[3] >= 1;
 }
 
 static bool same_shape(const struct vlm_tensor *a, const struct vlm_tensor *b) {
@@ -238,7 +239,9 @@ static bool is_float_type(enum vlm_type type) {
 
 // ---- operations ----------------------------------------------------------------------------------------------
 
-void vlm_op_matmul(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *w,
+void vlm_op_matmul(struct vlm_backend *be,
+                   struct vlm_tensor *dst,
+                   const struct vlm_tensor *w,
                    const struct vlm_tensor *x) {
     OP_ASSERT(be && w && w->data);
     OP_ASSERT(vlm_backend_supports_type(be, w->type));
@@ -254,8 +257,8 @@ void vlm_op_matmul(struct vlm_backend *be, struct vlm_tensor *dst, const struct 
     be->iface->matmul(be, dst, w, x);
 }
 
-void vlm_op_get_rows(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *table,
-                     const int32_t *ids, int64_t n_ids) {
+void vlm_op_get_rows(
+    struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *table, const int32_t *ids, int64_t n_ids) {
     OP_ASSERT(be && table && table->data && n_ids >= 0 && (ids || n_ids == 0));
     OP_ASSERT(vlm_type_traits((int)table->type)->to_float != NULL);
     OP_ASSERT(table->nb[0] == vlm_type_traits((int)table->type)->type_size && is_2d(table));
@@ -269,8 +272,8 @@ void vlm_op_get_rows(struct vlm_backend *be, struct vlm_tensor *dst, const struc
     be->iface->get_rows(be, dst, table, ids, n_ids);
 }
 
-void vlm_op_rms_norm(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,
-                     const struct vlm_tensor *w, float eps) {
+void vlm_op_rms_norm(
+    struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x, const struct vlm_tensor *w, float eps) {
     OP_ASSERT(be && is_f32_rows(x) && is_f32_rows(dst) && same_shape(dst, x));
     OP_ASSERT(!w || is_f32_vec(w, x->ne[0]));
     OP_ASSERT(eps >= 0.0f);
@@ -280,8 +283,12 @@ void vlm_op_rms_norm(struct vlm_backend *be, struct vlm_tensor *dst, const struc
     be->iface->rms_norm(be, dst, x, w, eps);
 }
 
-void vlm_op_layer_norm(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,
-                       const struct vlm_tensor *w, const struct vlm_tensor *b, float eps) {
+void vlm_op_layer_norm(struct vlm_backend *be,
+                       struct vlm_tensor *dst,
+                       const struct vlm_tensor *x,
+                       const struct vlm_tensor *w,
+                       const struct vlm_tensor *b,
+                       float eps) {
     OP_ASSERT(be && is_f32_rows(x) && is_f32_rows(dst) && same_shape(dst, x));
     OP_ASSERT(!w || is_f32_vec(w, x->ne[0]));
     OP_ASSERT(!b || is_f32_vec(b, x->ne[0]));
@@ -292,13 +299,17 @@ void vlm_op_layer_norm(struct vlm_backend *be, struct vlm_tensor *dst, const str
     be->iface->layer_norm(be, dst, x, w, b, eps);
 }
 
-static void check_binary(struct vlm_backend *be, const struct vlm_tensor *dst, const struct vlm_tensor *a,
+static void check_binary(struct vlm_backend *be,
+                         const struct vlm_tensor *dst,
+                         const struct vlm_tensor *a,
                          const struct vlm_tensor *b) {
     OP_ASSERT(be && is_f32_rows(a) && is_f32_rows(b) && is_f32_rows(dst) && same_shape(dst, a));
     OP_ASSERT(same_shape(a, b) || (b->ne[0] == a->ne[0] && vlm_tensor_nrows(b) == 1));
 }
 
-void vlm_op_add(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *a,
+void vlm_op_add(struct vlm_backend *be,
+                struct vlm_tensor *dst,
+                const struct vlm_tensor *a,
                 const struct vlm_tensor *b) {
     check_binary(be, dst, a, b);
     if (vlm_tensor_nelements(a) != 0) {
@@ -306,7 +317,9 @@ void vlm_op_add(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm
     }
 }
 
-void vlm_op_mul(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *a,
+void vlm_op_mul(struct vlm_backend *be,
+                struct vlm_tensor *dst,
+                const struct vlm_tensor *a,
                 const struct vlm_tensor *b) {
     check_binary(be, dst, a, b);
     if (vlm_tensor_nelements(a) != 0) {
@@ -328,8 +341,7 @@ void vlm_op_silu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vl
     }
 }
 
-void vlm_op_gelu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,
-                 enum vlm_gelu_kind kind) {
+void vlm_op_gelu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x, enum vlm_gelu_kind kind) {
     OP_ASSERT(be && is_f32_rows(x) && is_f32_rows(dst) && same_shape(dst, x));
     OP_ASSERT(kind == VLM_GELU_ERF || kind == VLM_GELU_TANH || kind == VLM_GELU_QUICK);
     if (vlm_tensor_nelements(x) != 0) {
@@ -337,7 +349,9 @@ void vlm_op_gelu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vl
     }
 }
 
-void vlm_op_swiglu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *gate,
+void vlm_op_swiglu(struct vlm_backend *be,
+                   struct vlm_tensor *dst,
+                   const struct vlm_tensor *gate,
                    const struct vlm_tensor *up) {
     OP_ASSERT(be && is_f32_rows(gate) && is_f32_rows(up) && is_f32_rows(dst));
     OP_ASSERT(same_shape(dst, gate) && same_shape(up, gate));
@@ -353,8 +367,15 @@ void vlm_op_softmax(struct vlm_backend *be, struct vlm_tensor *dst, const struct
     }
 }
 
-void vlm_op_rope(struct vlm_backend *be, struct vlm_tensor *x, int32_t n_head, int32_t head_dim, int32_t n_rot,
-                 int32_t pos0, float freq_base, float freq_scale, enum vlm_rope_mode mode) {
+void vlm_op_rope(struct vlm_backend *be,
+                 struct vlm_tensor *x,
+                 int32_t n_head,
+                 int32_t head_dim,
+                 int32_t n_rot,
+                 int32_t pos0,
+                 float freq_base,
+                 float freq_scale,
+                 enum vlm_rope_mode mode) {
     OP_ASSERT(be && is_f32_rows(x) && is_2d(x));
     OP_ASSERT(n_head > 0 && head_dim > 0 && x->ne[0] == (int64_t)n_head * head_dim);
     OP_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim);
@@ -380,8 +401,11 @@ void vlm_op_copy(struct vlm_backend *be, struct vlm_tensor *dst, const struct vl
     }
 }
 
-void vlm_op_attention(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *q,
-                      const struct vlm_tensor *k, const struct vlm_tensor *v,
+void vlm_op_attention(struct vlm_backend *be,
+                      struct vlm_tensor *dst,
+                      const struct vlm_tensor *q,
+                      const struct vlm_tensor *k,
+                      const struct vlm_tensor *v,
                       const struct vlm_attention_params *p) {
     OP_ASSERT(be && p && k && v && k->data && v->data);
     OP_ASSERT(p->n_head > 0 && p->n_head_kv > 0 && p->n_head % p->n_head_kv == 0 && p->head_dim > 0);

@@ -6,7 +6,8 @@
 // the float accumulation of (integer x scale) differs, so |simd - scalar| <= 1e-5 * sum|w_i x_i| (n / 16 float
 // adds of relative error 2^-24 each stay far below that for the sizes here). Float dots use the same bound.
 //
-// Run with --bench to print single-thread matvec throughput instead of testing.
+// Run with --bench to print single-thread matvec and prefill throughput instead of testing (--bench nx: only
+// prefill).
 #include "test-util.h"
 
 #include <math.h>
@@ -344,69 +345,115 @@ static void test_from_float_edges(void **state) {
     free(x);
 }
 
-// Multi-row kernels, where a path has one: every tile shape against vec_dot.
+// Multi-row kernels, where a path has one: every tile shape up to 9 x 9 and a few driver-sized ones, at sizes
+// with odd block counts, each element against the same path's vec_dot with the bound of the other checks.
 static void test_vec_dot_nx(void **state) {
     (void)state;
     uint64_t seed = 4242;
-    int tested = 0;
+    int tiles = 0, types_on_best = 0;
+    double worst = 0.0;
+    enum { MW = 16, MX = 32 };
+    static const int big[][2] = {{16, 32}, {15, 31}, {12, 24}, {13, 5}, {3, 29}};
     for (int isa = 0; isa < n_isas(); isa++) {
         for (size_t ti = 0; ti < N_WEIGHT_TYPES; ti++) {
             const enum vlm_type t = weight_types[ti];
             const struct vlm_cpu_type_traits *ct = vlm__cpu_type_traits_isa(t, (enum vlm_cpu_isa)isa);
+            assert_non_null(ct);
             if (!ct->vec_dot_nx) {
                 continue;
             }
-            const int64_t n = vlm_type_traits((int)t)->blck_size == 256 ? 512 : 160;
-            // strides that are not multiples of 64: rows start at varying SIMD alignments
-            const size_t wrow = vlm_row_size(t, n) + 4;
-            const size_t xrow = act_row_size(ct, n) + 12;
-            enum { MW = 9, MX = 7 };
-            uint8_t *w = malloc(wrow * MW + 64);
-            uint8_t *xq = malloc(xrow * MX + 64);
-            float *xf = malloc((size_t)n * sizeof(float));
-            assert_non_null(w);
-            assert_non_null(xq);
-            assert_non_null(xf);
-            for (int r = 0; r < MW; r++) {
-                make_weights(t, w + 4 + r * wrow, n, &seed);
-            }
-            for (int r = 0; r < MX; r++) {
-                for (int64_t i = 0; i < n; i++) {
-                    xf[i] = vlm_test_rand_f32(&seed);
+            types_on_best += isa == n_isas() - 1;
+            const int64_t bs = vlm_type_traits((int)t)->blck_size;
+            static const int64_t fsz[] = {1, 17, 100, 531}, bsz[] = {1, 3, 6, 9}, ksz[] = {1, 2, 3};
+            const int64_t *nbs = bs == 1 ? fsz : bs == 32 ? bsz : ksz;
+            const int n_sizes = bs == 1 ? 4 : bs == 32 ? 4 : 3;
+            for (int si = 0; si < n_sizes; si++) {
+                const int64_t n = nbs[si] * bs;
+                // strides that are not multiples of 64: rows start at varying SIMD alignments
+                const size_t wrow = vlm_row_size(t, n) + 4;
+                const size_t xrow = act_row_size(ct, n) + 12;
+                uint8_t *w = malloc(wrow * MW + 64);
+                uint8_t *xq = malloc(xrow * MX + 64);
+                float *xf = malloc((size_t)n * sizeof(float));
+                float *out = malloc((MW + 2) * MX * sizeof(float) + 64);
+                double *abs_sum = malloc(MW * MX * sizeof(double));
+                float *expect = malloc(MW * MX * sizeof(float));
+                assert_non_null(w);
+                assert_non_null(xq);
+                assert_non_null(xf);
+                assert_non_null(out);
+                assert_non_null(abs_sum);
+                assert_non_null(expect);
+                for (int r = 0; r < MW; r++) {
+                    make_weights(t, w + 4 + r * wrow, n, &seed);
                 }
-                make_act(ct, xf, xq + 8 + r * xrow, n);
-            }
-            for (int nw = 1; nw <= MW; nw++) {
-                for (int nx = 1; nx <= MX; nx++) {
-                    float out[MW * MX + 16];
+                for (int r = 0; r < MX; r++) {
+                    for (int64_t i = 0; i < n; i++) {
+                        xf[i] = vlm_test_rand_f32(&seed) * (i % 5 == 0 ? 3.0f : 1.0f);
+                    }
+                    make_act(ct, xf, xq + 8 + r * xrow, n);
+                }
+                for (int iw = 0; iw < MW; iw++) {
+                    for (int ix = 0; ix < MX; ix++) {
+                        double exact;
+                        deq_dot(t, w + 4 + iw * wrow, ct->vec_dot_type, xq + 8 + ix * xrow, n,
+                                &abs_sum[iw * MX + ix], &exact);
+                        ct->vec_dot(n, &expect[iw * MX + ix], w + 4 + iw * wrow, xq + 8 + ix * xrow);
+                    }
+                }
+                for (int shape = 0; shape < 81 + (int)(sizeof big / sizeof big[0]); shape++) {
+                    const int nw = shape < 81 ? 1 + shape / 9 : big[shape - 81][0];
+                    const int nx = shape < 81 ? 1 + shape % 9 : big[shape - 81][1];
                     const size_t s_stride = (size_t)nw + 2;
-                    for (size_t i = 0; i < sizeof out / sizeof out[0]; i++) {
+                    const size_t n_out = (size_t)nx * s_stride;
+                    for (size_t i = 0; i < n_out; i++) {
                         out[i] = -12345.0f;
                     }
                     ct->vec_dot_nx(n, out, s_stride, w + 4, wrow, xq + 8, xrow, nw, nx);
                     for (int ix = 0; ix < nx; ix++) {
                         for (int iw = 0; iw < nw; iw++) {
-                            float e;
-                            ct->vec_dot(n, &e, w + 4 + iw * wrow, xq + 8 + ix * xrow);
+                            const float e = expect[iw * MX + ix];
                             const float got = out[(size_t)ix * s_stride + (size_t)iw];
-                            if (fabsf(got - e) > 1e-5f * fabsf(e) + 1e-4f) {
-                                fail_msg("%s %s nx tile %dx%d [%d,%d]: %g vs vec_dot %g", vlm_type_name((int)t),
-                                         vlm__cpu_isa_name(isa), nw, nx, iw, ix, (double)got, (double)e);
+                            const double err = fabs((double)got - (double)e);
+                            const double tol = 1e-5 * abs_sum[iw * MX + ix] + 1e-30;
+                            if (!(err <= tol)) {
+                                fail_msg("%s %s n=%lld nx tile %dx%d [%d,%d]: %.9g vs vec_dot %.9g (err %.3g, tol %.3g)",
+                                         vlm_type_name((int)t), vlm__cpu_isa_name(isa), (long long)n, nw, nx, iw, ix,
+                                         (double)got, (double)e, err, tol);
+                            }
+                            if (abs_sum[iw * MX + ix] > 0 && err / abs_sum[iw * MX + ix] > worst) {
+                                worst = err / abs_sum[iw * MX + ix];
                             }
                         }
-                        for (size_t iw = (size_t)nw; iw < s_stride && ix < nx - 1; iw++) {
-                            assert_true(out[(size_t)ix * s_stride + iw] == -12345.0f); // no writes in the gap
+                        for (size_t iw = (size_t)nw; iw < s_stride; iw++) {
+                            if (out[(size_t)ix * s_stride + iw] != -12345.0f) { // no writes in the gap
+                                fail_msg("%s %s tile %dx%d wrote s[%d * s_stride + %zu]", vlm_type_name((int)t),
+                                         vlm__cpu_isa_name(isa), nw, nx, ix, iw);
+                            }
                         }
                     }
-                    tested++;
+                    tiles++;
                 }
+                free(w);
+                free(xq);
+                free(xf);
+                free(out);
+                free(abs_sum);
+                free(expect);
             }
-            free(w);
-            free(xq);
-            free(xf);
         }
     }
-    print_message("nx tiles checked: %d\n", tested);
+    print_message("nx tiles checked: %d (%d types with nx kernels on the best path); worst |nx - vec_dot| / "
+                  "sum|w x| = %.3g\n", tiles, types_on_best, worst);
+    // the types that dominate real GGUF files must have one on AVX-512
+    if (vlm__cpu_isa_best() == VLM_CPU_ISA_AVX512) {
+        static const enum vlm_type need[] = {VLM_TYPE_Q4_K, VLM_TYPE_Q6_K, VLM_TYPE_Q8_0, VLM_TYPE_F16,
+                                             VLM_TYPE_Q4_0, VLM_TYPE_Q5_K, VLM_TYPE_F32};
+        for (size_t i = 0; i < sizeof need / sizeof need[0]; i++) {
+            assert_non_null(vlm__cpu_type_traits_isa(need[i], VLM_CPU_ISA_AVX512)->vec_dot_nx);
+        }
+        assert_true(tiles > 0);
+    }
 }
 
 // ---- benchmark ---------------------------------------------------------------------------------------------
@@ -458,9 +505,78 @@ static void bench(void) {
     free(xf);
 }
 
+// Prefill: a 4096 x 4096 weight matrix times 64 activation rows, one thread, in the matmul driver's order
+// (16 weight rows x 32 activation rows per tile): vec_dot per (row, token) pair vs the multi-row kernel.
+static void bench_nx(void) {
+    const int64_t n = 4096, rows = 4096, toks = 64;
+    enum { TR = 16, TT = 32 };
+    uint64_t seed = 2;
+    float *xf = malloc((size_t)(n * toks) * sizeof(float));
+    float *out = malloc((size_t)(rows * toks) * sizeof(float));
+    for (int64_t i = 0; i < n * toks; i++) {
+        xf[i] = vlm_test_rand_f32(&seed);
+    }
+    const double flop = 2.0 * (double)n * (double)rows * (double)toks;
+    const int isa = n_isas() - 1;
+    printf("single-thread prefill, %lld x %lld weights x %lld tokens, %s path, GFLOP/s (ms)\n", (long long)rows,
+           (long long)n, (long long)toks, vlm__cpu_isa_name(isa));
+    for (size_t ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+        const enum vlm_type t = weight_types[ti];
+        const struct vlm_cpu_type_traits *ct = vlm__cpu_type_traits_isa(t, (enum vlm_cpu_isa)isa);
+        const size_t rs = vlm_row_size(t, n), xs = act_row_size(ct, n);
+        uint8_t *w = malloc(rs * (size_t)rows);
+        uint8_t *xq = malloc(xs * (size_t)toks);
+        for (int64_t r = 0; r < rows; r++) {
+            make_weights(t, w + (size_t)r * rs, n, &seed);
+        }
+        for (int64_t r = 0; r < toks; r++) {
+            make_act(ct, xf + r * n, xq + (size_t)r * xs, n);
+        }
+        printf("%-5s", vlm_type_name((int)t));
+        for (int use_nx = 0; use_nx < 2; use_nx++) {
+            if (use_nx && !ct->vec_dot_nx) {
+                printf("  nx       -");
+                continue;
+            }
+            double best = 1e9;
+            for (int rep = 0; rep < 3; rep++) {
+                const double t0 = now_s();
+                for (int64_t o0 = 0; o0 < rows; o0 += TR) {
+                    for (int64_t k0 = 0; k0 < toks; k0 += TT) {
+                        const uint8_t *wt = w + (size_t)o0 * rs;
+                        const uint8_t *xt = xq + (size_t)k0 * xs;
+                        float *st = out + (size_t)k0 * (size_t)rows + (size_t)o0;
+                        if (use_nx) {
+                            ct->vec_dot_nx(n, st, (size_t)rows, wt, rs, xt, xs, TR, TT);
+                            continue;
+                        }
+                        for (int r = 0; r < TR; r++) {
+                            for (int k = 0; k < TT; k++) {
+                                ct->vec_dot(n, st + (size_t)k * (size_t)rows + r, wt + (size_t)r * rs,
+                                            xt + (size_t)k * xs);
+                            }
+                        }
+                    }
+                }
+                const double dt = now_s() - t0;
+                best = dt < best ? dt : best;
+            }
+            printf("  %s %6.1f (%6.1f ms)", use_nx ? "nx" : "vec_dot", flop / best * 1e-9, best * 1e3);
+        }
+        printf("\n");
+        free(w);
+        free(xq);
+    }
+    free(xf);
+    free(out);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
-        bench();
+        if (argc < 3 || strcmp(argv[2], "nx") != 0) {
+            bench();
+        }
+        bench_nx();
         return 0;
     }
     const struct CMUnitTest tests[] = {

@@ -91,6 +91,59 @@ struct vlm_llm_ops {
     int (*session_eval)(void *session, const struct vlm_llm_batch *batch, float *logits, struct vlm_diag *diag);
 };
 
+// ---- vision: encoder and projector ------------------------------------------------------------------------
+// The chain is: image -> encoder.preprocess (tiles) -> encoder.encode (patch features per tile) ->
+// projector.project (embeddings in the LLM's space, assembled in the model's token order) -> LLM.
+
+struct vlm_image; // include/vlm/image.h
+
+// Encoder input made by preprocess: normalized square tiles plus the layout the projector needs to assemble
+// the features (LLaVA-NeXT anyres: overview first, then grid_w x grid_h tiles in row-major order).
+struct vlm_image_batch {
+    int32_t n_tiles;          // square images to encode
+    int32_t size;             // side of each, in pixels
+    float *pixels;            // [n_tiles][3][size][size], normalized; owned (free with encoder batch_free)
+    int32_t grid_w, grid_h;   // tile grid after the overview; 0, 0 when the image is a single tile
+    int32_t image_w, image_h; // the original image's size (for LLaVA-NeXT's unpadding)
+};
+
+struct vlm_encoder_info {
+    char arch[32];      // "clip"
+    char name[64];
+    int32_t image_size; // side of one tile (336)
+    int32_t patch_size; // 14
+    int32_t n_embd;     // width of the features (1024 for ViT-L)
+    int32_t n_patches;  // feature rows per tile after dropping the class token (576)
+};
+
+struct vlm_encoder_ops {
+    int (*load)(const struct vlm_host *host, const char *path, void **model, struct vlm_diag *diag);
+    void (*unload)(void *model);
+    void (*info)(const void *model, struct vlm_encoder_info *info);
+    // Resizes, pads, tiles and normalizes as the model's processor does. `*out` is written only on success.
+    int (*preprocess)(void *model, const struct vlm_image *image, struct vlm_image_batch *out, struct vlm_diag *diag);
+    void (*batch_free)(struct vlm_image_batch *batch);
+    // features: n_tiles * n_patches * n_embd floats, tile-major.
+    int (*encode)(void *model, const struct vlm_image_batch *batch, float *features, struct vlm_diag *diag);
+};
+
+struct vlm_projector_info {
+    char type[32];  // "mlp", "linear"
+    int32_t n_in;   // feature width it takes (the encoder's n_embd)
+    int32_t n_out;  // embedding width it makes (the LLM's n_embd)
+};
+
+struct vlm_projector_ops {
+    int (*load)(const struct vlm_host *host, const char *path, void **model, struct vlm_diag *diag);
+    void (*unload)(void *model);
+    void (*info)(const void *model, struct vlm_projector_info *info);
+    // Number of LLM embedding rows the image of this layout becomes (e.g. 576, or 2144 for a 2x2 anyres grid).
+    int32_t (*n_tokens)(const void *model, const struct vlm_image_batch *layout, int32_t n_patches);
+    // features: as the encoder wrote them; embd: n_tokens * n_out floats in the LLM's input order.
+    int (*project)(void *model, const float *features, const struct vlm_image_batch *layout, int32_t n_patches,
+                   float *embd, struct vlm_diag *diag);
+};
+
 // ---- descriptor --------------------------------------------------------------------------------------------
 
 struct vlm_plugin_desc {
@@ -101,8 +154,8 @@ struct vlm_plugin_desc {
     const char *description; // one line
     const char *const *archs; // NULL-terminated list of GGUF general.architecture values it loads
     const struct vlm_llm_ops *llm; // for VLM_PLUGIN_KIND_LLM
-    const void *encoder;           // reserved for VLM_PLUGIN_KIND_ENCODER
-    const void *projector;         // reserved for VLM_PLUGIN_KIND_PROJECTOR
+    const struct vlm_encoder_ops *encoder;     // for VLM_PLUGIN_KIND_ENCODER
+    const struct vlm_projector_ops *projector; // for VLM_PLUGIN_KIND_PROJECTOR
 };
 
 typedef const struct vlm_plugin_desc *(*vlm_plugin_query_fn)(void);

@@ -149,8 +149,7 @@ static const struct vlm_backend_iface cpu_iface = {
     .attention = vlm__cpu_attention,
 };
 
-int vlm__backend_cpu_new(const struct vlm_backend_cpu_params *params, struct vlm_backend **out,
-                         struct vlm_diag *diag) {
+int vlm__backend_cpu_new(const struct vlm_backend_cpu_params *params, struct vlm_backend **out, struct vlm_diag *diag) {
     int n_threads = params ? params->n_threads : 0;
     if (n_threads <= 0) {
         n_threads = vlm__cpu_count();

@@ -92,13 +92,17 @@ static void ew_run(struct vlm_backend *be, struct ew_ctx *ec) {
     vlm__cpu_parallel(vlm__cpu_ctx(be), ew_rows, ec, work);
 }
 
-void vlm__cpu_add(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *a,
+void vlm__cpu_add(struct vlm_backend *be,
+                  struct vlm_tensor *dst,
+                  const struct vlm_tensor *a,
                   const struct vlm_tensor *b) {
     struct ew_ctx ec = {.op = EW_ADD, .dst = dst, .a = a, .b = b};
     ew_run(be, &ec);
 }
 
-void vlm__cpu_mul(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *a,
+void vlm__cpu_mul(struct vlm_backend *be,
+                  struct vlm_tensor *dst,
+                  const struct vlm_tensor *a,
                   const struct vlm_tensor *b) {
     struct ew_ctx ec = {.op = EW_MUL, .dst = dst, .a = a, .b = b};
     ew_run(be, &ec);
@@ -114,13 +118,17 @@ void vlm__cpu_silu(struct vlm_backend *be, struct vlm_tensor *dst, const struct 
     ew_run(be, &ec);
 }
 
-void vlm__cpu_gelu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,
+void vlm__cpu_gelu(struct vlm_backend *be,
+                   struct vlm_tensor *dst,
+                   const struct vlm_tensor *x,
                    enum vlm_gelu_kind kind) {
     struct ew_ctx ec = {.op = EW_GELU, .dst = dst, .a = x, .gelu = kind};
     ew_run(be, &ec);
 }
 
-void vlm__cpu_swiglu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *gate,
+void vlm__cpu_swiglu(struct vlm_backend *be,
+                     struct vlm_tensor *dst,
+                     const struct vlm_tensor *gate,
                      const struct vlm_tensor *up) {
     struct ew_ctx ec = {.op = EW_SWIGLU, .dst = dst, .a = gate, .b = up};
     ew_run(be, &ec);

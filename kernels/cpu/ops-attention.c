@@ -18,9 +18,9 @@ struct attn_ctx {
     const struct vlm_tensor *k;
     const struct vlm_tensor *v;
     const struct vlm_attention_params *p;
-    int64_t n_split;  // head sets per KV group
-    int64_t per_set;  // most heads in one set
-    size_t n_kv_pad;  // floats reserved for one head's scores
+    int64_t n_split; // head sets per KV group
+    int64_t per_set; // most heads in one set
+    size_t n_kv_pad; // floats reserved for one head's scores
 };
 
 static void attn_worker(void *arg, int ith, int nth) {
@@ -61,7 +61,8 @@ static void attn_worker(void *arg, int ith, int nth) {
             const void *kr = kbase + (size_t)j * ac->k->nb[1];
             for (int64_t hh = 0; hh < nh; hh++) {
                 const float *qh = qrow + (h0 + hh) * hd;
-                scores[(size_t)hh * ac->n_kv_pad + (size_t)j] = f16 ? vec->dot_f16(hd, qh, kr) : vec->dot_f32(hd, qh, kr);
+                scores[(size_t)hh * ac->n_kv_pad + (size_t)j] =
+                    f16 ? vec->dot_f16(hd, qh, kr) : vec->dot_f32(hd, qh, kr);
             }
         }
         float inv_sum[64];
@@ -97,8 +98,11 @@ static void attn_worker(void *arg, int ith, int nth) {
     }
 }
 
-void vlm__cpu_attention(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *q,
-                        const struct vlm_tensor *k, const struct vlm_tensor *v,
+void vlm__cpu_attention(struct vlm_backend *be,
+                        struct vlm_tensor *dst,
+                        const struct vlm_tensor *q,
+                        const struct vlm_tensor *k,
+                        const struct vlm_tensor *v,
                         const struct vlm_attention_params *p) {
     struct vlm_cpu_ctx *c = vlm__cpu_ctx(be);
     int64_t group = p->n_head / p->n_head_kv;

@@ -16,14 +16,14 @@
 // x86/ops-avx512.c provide the same functions with intrinsics. All take any n >= 0 and unaligned pointers.
 struct vlm_cpu_vec {
     float (*dot_f32)(int64_t n, const float *x, const float *y);
-    float (*dot_f16)(int64_t n, const float *x, const uint16_t *y);     // y: IEEE half bits
-    void (*axpy_f32)(int64_t n, float a, const float *x, float *y);     // y += a * x
-    void (*axpy_f16)(int64_t n, float a, const uint16_t *x, float *y);  // y += a * x
-    float (*max)(int64_t n, const float *x);                            // -INFINITY for n == 0
+    float (*dot_f16)(int64_t n, const float *x, const uint16_t *y);    // y: IEEE half bits
+    void (*axpy_f32)(int64_t n, float a, const float *x, float *y);    // y += a * x
+    void (*axpy_f16)(int64_t n, float a, const uint16_t *x, float *y); // y += a * x
+    float (*max)(int64_t n, const float *x);                           // -INFINITY for n == 0
     float (*sum)(int64_t n, const float *x);
     float (*sum_sq)(int64_t n, const float *x);
-    float (*exp_sum)(int64_t n, float *x, float scale, float sub);      // x = exp(x * scale - sub); returns sum
-    void (*silu)(int64_t n, const float *x, float *y);                  // y = x / (1 + exp(-x)); y may alias x
+    float (*exp_sum)(int64_t n, float *x, float scale, float sub);       // x = exp(x * scale - sub); returns sum
+    void (*silu)(int64_t n, const float *x, float *y);                   // y = x / (1 + exp(-x)); y may alias x
     void (*swiglu)(int64_t n, const float *g, const float *u, float *y); // y = silu(g) * u; y may alias g or u
 };
 
@@ -43,7 +43,7 @@ struct vlm_cpu_ctx {
     int n_threads;
     void *wdata; // activation rows converted to a weight type's vec_dot_type
     size_t wdata_size;
-    float *tscratch; // per-thread scratch: thread ith owns [ith * tscratch_stride, (ith + 1) * tscratch_stride)
+    float *tscratch;        // per-thread scratch: thread ith owns [ith * tscratch_stride, (ith + 1) * tscratch_stride)
     size_t tscratch_stride; // floats, a multiple of 16
 };
 
@@ -82,30 +82,51 @@ static inline float *vlm__row_f32(const struct vlm_tensor *t, int64_t r) {
 
 // ---- op implementations (iface entries) ----------------------------------------------------------------------
 
-void vlm__cpu_matmul(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *w,
+void vlm__cpu_matmul(struct vlm_backend *be,
+                     struct vlm_tensor *dst,
+                     const struct vlm_tensor *w,
                      const struct vlm_tensor *x);
-void vlm__cpu_get_rows(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *table,
-                       const int32_t *ids, int64_t n_ids);
-void vlm__cpu_rms_norm(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,
-                       const struct vlm_tensor *w, float eps);
-void vlm__cpu_layer_norm(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,
-                         const struct vlm_tensor *w, const struct vlm_tensor *b, float eps);
-void vlm__cpu_add(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *a,
+void vlm__cpu_get_rows(
+    struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *table, const int32_t *ids, int64_t n_ids);
+void vlm__cpu_rms_norm(
+    struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x, const struct vlm_tensor *w, float eps);
+void vlm__cpu_layer_norm(struct vlm_backend *be,
+                         struct vlm_tensor *dst,
+                         const struct vlm_tensor *x,
+                         const struct vlm_tensor *w,
+                         const struct vlm_tensor *b,
+                         float eps);
+void vlm__cpu_add(struct vlm_backend *be,
+                  struct vlm_tensor *dst,
+                  const struct vlm_tensor *a,
                   const struct vlm_tensor *b);
-void vlm__cpu_mul(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *a,
+void vlm__cpu_mul(struct vlm_backend *be,
+                  struct vlm_tensor *dst,
+                  const struct vlm_tensor *a,
                   const struct vlm_tensor *b);
 void vlm__cpu_scale(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x, float s);
 void vlm__cpu_silu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x);
-void vlm__cpu_gelu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,
-                   enum vlm_gelu_kind kind);
-void vlm__cpu_swiglu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *gate,
+void vlm__cpu_gelu(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x, enum vlm_gelu_kind kind);
+void vlm__cpu_swiglu(struct vlm_backend *be,
+                     struct vlm_tensor *dst,
+                     const struct vlm_tensor *gate,
                      const struct vlm_tensor *up);
 void vlm__cpu_softmax(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x, float scale);
-void vlm__cpu_rope(struct vlm_backend *be, struct vlm_tensor *x, int32_t n_head, int32_t head_dim, int32_t n_rot,
-                   int32_t pos0, float freq_base, float freq_scale, enum vlm_rope_mode mode);
+void vlm__cpu_rope(struct vlm_backend *be,
+                   struct vlm_tensor *x,
+                   int32_t n_head,
+                   int32_t head_dim,
+                   int32_t n_rot,
+                   int32_t pos0,
+                   float freq_base,
+                   float freq_scale,
+                   enum vlm_rope_mode mode);
 void vlm__cpu_copy(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x);
-void vlm__cpu_attention(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *q,
-                        const struct vlm_tensor *k, const struct vlm_tensor *v,
+void vlm__cpu_attention(struct vlm_backend *be,
+                        struct vlm_tensor *dst,
+                        const struct vlm_tensor *q,
+                        const struct vlm_tensor *k,
+                        const struct vlm_tensor *v,
                         const struct vlm_attention_params *p);
 
 #endif // VLM_CPU_OPS_CPU_H

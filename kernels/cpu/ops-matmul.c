@@ -10,14 +10,15 @@
 #include "kernels/cpu/ops-cpu.h"
 #include "kernels/cpu/quants.h"
 
-// Prefill: a chunk is TILE_ROWS weight rows (tens of KB: stays in L2) against every token. With plain vec_dot
-// the chunk walks the tokens a few at a time (as many converted rows as fit in TILE_L1_BYTES), and each weight
-// row meets all of them back to back while they sit in L1. The multi-row kernel tiles registers itself and gets
-// a larger activation block per call.
-#define TILE_ROWS 16
+// Prefill: a chunk is a block of TILE_ROWS weight rows times TILE_TOKS tokens (tens of KB of weights plus a few
+// hundred KB of converted activations: together they fit in L2). Chunks are numbered with the row block fastest,
+// so threads running at the same time share one token block in L3. With plain vec_dot a chunk walks its tokens
+// a few at a time (as many converted rows as fit in TILE_L1_BYTES) and each weight row meets all of them back to
+// back while they sit in L1; the multi-row kernel gets the whole block and tiles registers itself.
+#define TILE_ROWS     16
+#define TILE_TOKS     64
 #define TILE_L1_BYTES 24576
-#define TILE_TOKS_MAX 8
-#define TILE_TOKS_NX 32
+#define TILE_SUB_MAX  8
 
 struct convert_ctx {
     const struct vlm_tensor *x;
@@ -49,6 +50,7 @@ struct matmul_ctx {
     int64_t n_out;
     int64_t n_tok;
     int64_t chunk_rows;
+    int64_t n_row_blocks;
     int64_t n_chunks;
     atomic_llong next;
 };
@@ -59,23 +61,20 @@ static void matvec_chunk(const struct matmul_ctx *mc, int64_t o0, int64_t o1) {
     }
 }
 
-static void matmul_chunk(const struct matmul_ctx *mc, int64_t o0, int64_t o1) {
-    int64_t tile = TILE_TOKS_NX;
-    if (!mc->tr->vec_dot_nx) {
-        tile = (int64_t)(TILE_L1_BYTES / mc->xq_row);
-        tile = tile < 1 ? 1 : (tile > TILE_TOKS_MAX ? TILE_TOKS_MAX : tile);
+static void matmul_chunk(const struct matmul_ctx *mc, int64_t o0, int64_t o1, int64_t t0, int64_t t1) {
+    if (mc->tr->vec_dot_nx) {
+        mc->tr->vec_dot_nx(mc->n_in, mc->dst + (size_t)t0 * mc->dst_row + o0, mc->dst_row,
+                           mc->w + (size_t)o0 * mc->w_row, mc->w_row, mc->xq + (size_t)t0 * mc->xq_row, mc->xq_row,
+                           (int)(o1 - o0), (int)(t1 - t0));
+        return;
     }
-    for (int64_t t0 = 0; t0 < mc->n_tok; t0 += tile) {
-        int64_t t1 = t0 + tile < mc->n_tok ? t0 + tile : mc->n_tok;
-        if (mc->tr->vec_dot_nx) {
-            mc->tr->vec_dot_nx(mc->n_in, mc->dst + (size_t)t0 * mc->dst_row + o0, mc->dst_row,
-                               mc->w + (size_t)o0 * mc->w_row, mc->w_row, mc->xq + (size_t)t0 * mc->xq_row,
-                               mc->xq_row, (int)(o1 - o0), (int)(t1 - t0));
-            continue;
-        }
+    int64_t sub = (int64_t)(TILE_L1_BYTES / mc->xq_row);
+    sub = sub < 1 ? 1 : (sub > TILE_SUB_MAX ? TILE_SUB_MAX : sub);
+    for (int64_t s0 = t0; s0 < t1; s0 += sub) {
+        int64_t s1 = s0 + sub < t1 ? s0 + sub : t1;
         for (int64_t o = o0; o < o1; o++) {
             const char *wr = mc->w + (size_t)o * mc->w_row;
-            for (int64_t t = t0; t < t1; t++) {
+            for (int64_t t = s0; t < s1; t++) {
                 mc->tr->vec_dot(mc->n_in, mc->dst + (size_t)t * mc->dst_row + o, wr, mc->xq + (size_t)t * mc->xq_row);
             }
         }
@@ -91,17 +90,20 @@ static void matmul_worker(void *arg, int ith, int nth) {
         if (chunk >= mc->n_chunks) {
             break;
         }
-        int64_t o0 = chunk * mc->chunk_rows;
+        int64_t o0 = (chunk % mc->n_row_blocks) * mc->chunk_rows;
         int64_t o1 = o0 + mc->chunk_rows < mc->n_out ? o0 + mc->chunk_rows : mc->n_out;
         if (mc->n_tok == 1) {
             matvec_chunk(mc, o0, o1);
         } else {
-            matmul_chunk(mc, o0, o1);
+            int64_t t0 = (chunk / mc->n_row_blocks) * TILE_TOKS;
+            matmul_chunk(mc, o0, o1, t0, t0 + TILE_TOKS < mc->n_tok ? t0 + TILE_TOKS : mc->n_tok);
         }
     }
 }
 
-void vlm__cpu_matmul(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *w,
+void vlm__cpu_matmul(struct vlm_backend *be,
+                     struct vlm_tensor *dst,
+                     const struct vlm_tensor *w,
                      const struct vlm_tensor *x) {
     struct vlm_cpu_ctx *c = vlm__cpu_ctx(be);
     const struct vlm_cpu_type_traits *tr = vlm__cpu_type_traits(w->type);
@@ -145,7 +147,8 @@ void vlm__cpu_matmul(struct vlm_backend *be, struct vlm_tensor *dst, const struc
     } else {
         mc.chunk_rows = TILE_ROWS;
     }
-    mc.n_chunks = (n_out + mc.chunk_rows - 1) / mc.chunk_rows;
+    mc.n_row_blocks = (n_out + mc.chunk_rows - 1) / mc.chunk_rows;
+    mc.n_chunks = mc.n_row_blocks * ((n_tok + TILE_TOKS - 1) / TILE_TOKS);
     atomic_init(&mc.next, 0);
     vlm__cpu_parallel(c, matmul_worker, &mc, n_in * n_out * n_tok);
 }

@@ -61,14 +61,18 @@ static void layer_norm_rows(void *arg, int ith, int nth) {
     }
 }
 
-void vlm__cpu_rms_norm(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,
-                       const struct vlm_tensor *w, float eps) {
+void vlm__cpu_rms_norm(
+    struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x, const struct vlm_tensor *w, float eps) {
     struct norm_ctx nc = {.vec = vlm__cpu_vec_get(), .dst = dst, .x = x, .w = w ? w->data : NULL, .eps = eps};
     vlm__cpu_parallel(vlm__cpu_ctx(be), rms_norm_rows, &nc, vlm_tensor_nelements(x));
 }
 
-void vlm__cpu_layer_norm(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,
-                         const struct vlm_tensor *w, const struct vlm_tensor *b, float eps) {
+void vlm__cpu_layer_norm(struct vlm_backend *be,
+                         struct vlm_tensor *dst,
+                         const struct vlm_tensor *x,
+                         const struct vlm_tensor *w,
+                         const struct vlm_tensor *b,
+                         float eps) {
     struct norm_ctx nc = {
         .vec = vlm__cpu_vec_get(),
         .dst = dst,

@@ -49,8 +49,15 @@ static void rope_rows(void *arg, int ith, int nth) {
     }
 }
 
-void vlm__cpu_rope(struct vlm_backend *be, struct vlm_tensor *x, int32_t n_head, int32_t head_dim, int32_t n_rot,
-                   int32_t pos0, float freq_base, float freq_scale, enum vlm_rope_mode mode) {
+void vlm__cpu_rope(struct vlm_backend *be,
+                   struct vlm_tensor *x,
+                   int32_t n_head,
+                   int32_t head_dim,
+                   int32_t n_rot,
+                   int32_t pos0,
+                   float freq_base,
+                   float freq_scale,
+                   enum vlm_rope_mode mode) {
     struct vlm_cpu_ctx *c = vlm__cpu_ctx(be);
     vlm__cpu_tscratch(c, (size_t)n_rot);
     struct rope_ctx rc = {

@@ -27,8 +27,8 @@ static void get_rows_worker(void *arg, int ith, int nth) {
     }
 }
 
-void vlm__cpu_get_rows(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *table,
-                       const int32_t *ids, int64_t n_ids) {
+void vlm__cpu_get_rows(
+    struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *table, const int32_t *ids, int64_t n_ids) {
     struct get_rows_ctx gc = {
         .dst = dst,
         .table = table,

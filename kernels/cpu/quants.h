@@ -118,12 +118,44 @@ typedef void (*vlm_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x
 typedef void (*vlm_vec_dot_nx_fn)(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
                                   const void *x, size_t x_stride, int nw, int nx);
 
+// Register tile of the multi-row kernels: they compute VLM_NX_MAX_W weight rows x VLM_NX_MAX_X activation rows
+// at a time (smaller tiles only at the edges), so callers get the best rate when nw and nx are multiples of
+// these. Any nw, nx still works. (Some types use a narrower tile internally, e.g. 2 x 8; 4 x 4 divides all.)
+#define VLM_NX_MAX_W 4
+#define VLM_NX_MAX_X 8
+
 struct vlm_cpu_type_traits {
     enum vlm_type vec_dot_type;  // format activations are converted to (F32, F16, BF16, Q8_0, Q8_1, Q8_K)
     vlm_from_float_fn from_float; // F32 -> vec_dot_type for activations (NULL when vec_dot_type is F32)
     vlm_vec_dot_fn vec_dot;       // NULL when the type cannot be used for compute
     vlm_vec_dot_nx_fn vec_dot_nx; // optional multi-row kernel (NULL: call vec_dot per pair)
 };
+
+#if defined(VLM_HAVE_X86)
+// Multi-row kernels (kernels/cpu/x86/quants-avx512.c, quants-avx2.c), reached through the trait tables.
+void vlm__vec_dot_f32_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,
+                                size_t x_stride, int nw, int nx);
+void vlm__vec_dot_f16_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,
+                                size_t x_stride, int nw, int nx);
+void vlm__vec_dot_bf16_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                 const void *x, size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q4_0_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                 const void *x, size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q4_1_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                 const void *x, size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q5_0_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                 const void *x, size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q5_1_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                 const void *x, size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q8_0_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                 const void *x, size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q4_k_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                 const void *x, size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q5_k_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                 const void *x, size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q6_k_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
+                                 const void *x, size_t x_stride, int nw, int nx);
+#endif
 
 // Traits for the current ISA path; NULL for types the CPU backend cannot compute with.
 const struct vlm_cpu_type_traits *vlm__cpu_type_traits(enum vlm_type type);

@@ -1,13 +1,19 @@
 // Persistent pthread pool. A dispatch publishes (fn, ctx) and bumps a generation counter; workers spin on the
 // counter for a short while after each job and then sleep on a condition variable. The waker only touches the
-// mutex when some worker is actually asleep (n_sleeping), so a dispatch to spinning workers is two atomic
+// mutex when some worker is actually asleep (n_sleeping), so a dispatch to spinning workers is a few atomic
 // operations plus the wait for the slowest thread.
 //
-// Ordering: the caller writes fn/ctx, then increments gen (seq_cst, a release); a worker that observes the new
-// gen (acquire) sees fn/ctx. Each worker increments n_done (release) after its share; the caller waits until
-// n_done == n_threads - 1 (acquire) before touching fn/ctx again. The sleep handshake is a Dekker pair on
-// (gen, n_sleeping), both seq_cst: either the waker sees n_sleeping > 0 and broadcasts under the mutex, or
-// the sleeper sees the new gen before waiting.
+// Each share (ith) of a job is claimed by CAS on its slot (gen - 1 -> gen) before it runs. The worker that owns
+// the slot normally wins; but once the caller has finished its own share it claims and runs every share whose
+// worker has not started yet. So a dispatch never waits for a worker that is descheduled or still waking up
+// (an oversubscribed machine, a sleeping pool): it only waits for shares that are actually running.
+//
+// Ordering: the caller writes fn/ctx, then increments gen (seq_cst, a release). A worker reads fn/ctx only after
+// it observed the new gen (acquire) and won its slot's CAS; the caller cannot start the next generation before
+// every claimed share has incremented n_done (release; the caller waits with acquire), so fn/ctx are stable
+// while read. A worker that lost its slot, even generations late, touches nothing but its slot and gen. The
+// sleep handshake is a Dekker pair on (gen, n_sleeping), both seq_cst: either the waker sees n_sleeping > 0 and
+// broadcasts under the mutex, or the sleeper sees the new gen before waiting.
 #include "kernels/cpu/threadpool.h"
 
 #include <errno.h>
@@ -35,6 +41,7 @@
 #define SPINS_BEFORE_YIELD 1000
 
 struct worker {
+    alignas(64) atomic_uint claimed; // last generation whose share ith was claimed (by the worker or the caller)
     pthread_t thread;
     struct vlm_threadpool *pool;
     int ith;
@@ -42,7 +49,7 @@ struct worker {
 
 struct vlm_threadpool {
     int n_threads;
-    struct worker *workers; // n_threads - 1 entries
+    struct worker *workers; // n_threads - 1 entries, for ith = 1 .. n_threads - 1
     pthread_mutex_t mutex;
     pthread_cond_t cond;
 
@@ -117,6 +124,10 @@ static void *worker_main(void *arg) {
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) {
             break;
         }
+        unsigned expect = seen - 1u;
+        if (!atomic_compare_exchange_strong(&w->claimed, &expect, seen)) {
+            continue; // the caller ran this share already (we were late), or a later generation is running
+        }
         pool->fn(pool->ctx, w->ith, pool->n_threads);
         atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_release);
     }
@@ -157,10 +168,15 @@ int vlm__threadpool_new(int n_threads, struct vlm_threadpool **out) {
     atomic_init(&pool->n_sleeping, 0);
     atomic_init(&pool->stop, false);
     atomic_init(&pool->n_done, 0);
-    pool->workers = calloc((size_t)n_threads, sizeof *pool->workers);
+    size_t wsize = (size_t)n_threads * sizeof *pool->workers;
+    pool->workers = aligned_alloc(64, (wsize + 63) & ~(size_t)63);
     if (!pool->workers) {
         free(pool);
         return VLM_ENOMEM;
+    }
+    memset(pool->workers, 0, wsize);
+    for (int i = 0; i < n_threads; i++) {
+        atomic_init(&pool->workers[i].claimed, 0u);
     }
     int rc = pthread_mutex_init(&pool->mutex, NULL);
     if (rc != 0) {
@@ -217,10 +233,20 @@ void vlm__threadpool_run(struct vlm_threadpool *pool, vlm_threadpool_fn fn, void
     pool->fn = fn;
     pool->ctx = ctx;
     atomic_store_explicit(&pool->n_done, 0, memory_order_relaxed);
-    atomic_fetch_add(&pool->gen, 1u);
+    unsigned g = atomic_fetch_add(&pool->gen, 1u) + 1u;
     wake_sleepers(pool);
 
     fn(ctx, 0, n);
+
+    for (int i = 0; i < n - 1; i++) {
+        struct worker *w = &pool->workers[i];
+        unsigned expect = g - 1u;
+        if (atomic_load_explicit(&w->claimed, memory_order_relaxed) == expect &&
+            atomic_compare_exchange_strong(&w->claimed, &expect, g)) {
+            fn(ctx, w->ith, n);
+            atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_relaxed);
+        }
+    }
 
     for (int i = 0; atomic_load_explicit(&pool->n_done, memory_order_acquire) != n - 1; i++) {
         if (i < SPINS_BEFORE_YIELD) {

@@ -4,6 +4,8 @@
 // and then sleep on a condition variable, so an unused pool costs no CPU.
 //
 // A pool is driven by one thread at a time and dispatches do not nest (fn must not call run on the same pool).
+// Once the caller has finished share 0 it runs, itself, every share no worker has started yet (a descheduled or
+// sleeping worker does not stall the dispatch), so a share other than 0 must never wait for another share.
 #ifndef VLM_CPU_THREADPOOL_H
 #define VLM_CPU_THREADPOOL_H
 

@@ -39,6 +39,36 @@ static int check_llm_ops(const char *path, const struct vlm_llm_ops *ops, struct
     return 0;
 }
 
+static int check_encoder_ops(const char *path, const struct vlm_encoder_ops *ops, struct vlm_diag *diag) {
+    if (!ops) {
+        return vlm_diag_set(diag, VLM_EINVAL, "%s: encoder plugin has no operation table", path);
+    }
+    static const char *const names[] = {"load", "unload", "info", "preprocess", "batch_free", "encode"};
+    const bool present[] = {ops->load != NULL,       ops->unload != NULL,     ops->info != NULL,
+                            ops->preprocess != NULL, ops->batch_free != NULL, ops->encode != NULL};
+    for (size_t i = 0; i < sizeof present / sizeof present[0]; i++) {
+        if (!present[i]) {
+            return vlm_diag_set(diag, VLM_EINVAL, "%s: encoder operation '%s' is missing", path, names[i]);
+        }
+    }
+    return 0;
+}
+
+static int check_projector_ops(const char *path, const struct vlm_projector_ops *ops, struct vlm_diag *diag) {
+    if (!ops) {
+        return vlm_diag_set(diag, VLM_EINVAL, "%s: projector plugin has no operation table", path);
+    }
+    static const char *const names[] = {"load", "unload", "info", "n_tokens", "project"};
+    const bool present[] = {ops->load != NULL, ops->unload != NULL, ops->info != NULL, ops->n_tokens != NULL,
+                            ops->project != NULL};
+    for (size_t i = 0; i < sizeof present / sizeof present[0]; i++) {
+        if (!present[i]) {
+            return vlm_diag_set(diag, VLM_EINVAL, "%s: projector operation '%s' is missing", path, names[i]);
+        }
+    }
+    return 0;
+}
+
 int vlm_plugin_open(const char *path, struct vlm_plugin **out, struct vlm_diag *diag) {
     // RTLD_NOW: unresolved imports fail here, not at first call. RTLD_LOCAL: plugins cannot see each other.
     void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -87,10 +117,17 @@ int vlm_plugin_open(const char *path, struct vlm_plugin **out, struct vlm_diag *
         }
         break;
     case VLM_PLUGIN_KIND_ENCODER:
+        rc = check_encoder_ops(path, desc->encoder, diag);
+        if (rc) {
+            goto err_close;
+        }
+        break;
     case VLM_PLUGIN_KIND_PROJECTOR:
-        rc = vlm_diag_set(diag, VLM_EUNSUPPORTED, "%s: plugin kind %d is not supported by this host yet", path,
-                          (int)desc->kind);
-        goto err_close;
+        rc = check_projector_ops(path, desc->projector, diag);
+        if (rc) {
+            goto err_close;
+        }
+        break;
     default:
         rc = vlm_diag_set(diag, VLM_EINVAL, "%s: unknown plugin kind %d", path, (int)desc->kind);
         goto err_close;

@@ -303,6 +303,12 @@ static const char *pick_plugin_dir(const struct options *o) {
     return vlm_plugin_default_dir();
 }
 
+// A command-line tool's log lines: plain text on stderr, no syslog priority prefix.
+static void log_to_stderr(enum vlm_log_level level, const char *line, void *user) {
+    (void)user;
+    fprintf(stderr, "%s%s\n", level <= VLM_LOG_WARN ? (level == VLM_LOG_ERROR ? "error: " : "warning: ") : "", line);
+}
+
 static bool print_piece(const char *text, size_t len, void *user) {
     (void)user;
     fwrite(text, 1, len, stdout);
@@ -329,6 +335,7 @@ static const char *stop_reason_name(enum vlm_stop_reason r) {
 
 int main(int argc, char **argv) {
     struct options o = {.n_predict = 128, .kv_type = VLM_TYPE_F16, .sampling = vlm_sampler_default_params()};
+    vlm_log_set(log_to_stderr, NULL);
     if (parse_args(argc, argv, &o) != 0) {
         return 2;
     }
@@ -401,7 +408,7 @@ int main(int argc, char **argv) {
     t_load = vlm_time_ms() - t_load;
     struct vlm_llm_info info;
     llm.ops->info(llm.model, &info);
-    VLM_LOGI("%s: %s (%s), %d layers, n_embd %d, vocab %d, %.1f M params, %s weights, loaded in %.0f ms with %s "
+    vlm_log(VLM_LOG_INFO, "%s: %s (%s), %d layers, n_embd %d, vocab %d, %.1f M params, %s weights, loaded in %.0f ms with %s "
              "(%d threads)",
              o.model, info.name[0] ? info.name : "unnamed", info.arch, info.n_layer, info.n_embd, info.n_vocab,
              (double)info.n_params / 1e6, vlm_type_name(info.weight_type), t_load, vlm_backend_name(be),

@@ -435,3 +435,455 @@ void vlm__vec_dot_q5_k_avx512(int64_t n, float *s, const void *w, const void *x)
     }
     *s = _mm512_reduce_add_ps(acc) - summ;
 }
+
+// =============================================================================================================
+// Multi-row (nx) kernels
+// =============================================================================================================
+//
+// A register tile of W weight rows x X activation rows keeps W * X accumulators live; each weight block is
+// loaded and unpacked once and used against all X activation rows, each activation block against all W weight
+// rows. The tile bodies are always-inline functions of constant (W, X): every (W, X) up to the maximum is
+// instantiated (full unrolling turns the fixed-size arrays into registers) and nx_run covers any nw x nx with
+// them. Per (weight, activation) pair the arithmetic is that of the single-row kernel of the same type.
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+typedef void (*tile_fn)(int64_t n, float *s, size_t ss, const uint8_t *w, size_t ws, const uint8_t *x, size_t xs);
+
+static void nx_run(const tile_fn *tab, int tw, int tx, int64_t n, float *s, size_t ss, const void *w, size_t ws,
+                   const void *x, size_t xs, int nw, int nx) {
+    const uint8_t *wb = w, *xb = x;
+    // weight tile outer: its rows stay in L1 while the activation rows stream past
+    for (int iw = 0; iw < nw; iw += tw) {
+        const int bw = nw - iw < tw ? nw - iw : tw;
+        for (int ix = 0; ix < nx; ix += tx) {
+            const int bx = nx - ix < tx ? nx - ix : tx;
+            tab[(bw - 1) * tx + (bx - 1)](n, s + (size_t)ix * ss + (size_t)iw, ss, wb + (size_t)iw * ws, ws,
+                                          xb + (size_t)ix * xs, xs);
+        }
+    }
+}
+
+// Instantiation of tile body K for every (W, X) in [1, TW] x [1, TX], the table nx_run indexes, and the public
+// entry point.
+#define NX_FN(K, W, X) K##_##W##x##X
+#define NX_DEF(K, W, X)                                                                                         \
+    static void NX_FN(K, W, X)(int64_t n, float *s, size_t ss, const uint8_t *w, size_t ws, const uint8_t *x,    \
+                               size_t xs) {                                                                      \
+        K(W, X, n, s, ss, w, ws, x, xs);                                                                         \
+    }
+#define NX_DX1(K, W) NX_DEF(K, W, 1)
+#define NX_DX2(K, W) NX_DX1(K, W) NX_DEF(K, W, 2)
+#define NX_DX3(K, W) NX_DX2(K, W) NX_DEF(K, W, 3)
+#define NX_DX4(K, W) NX_DX3(K, W) NX_DEF(K, W, 4)
+#define NX_DX5(K, W) NX_DX4(K, W) NX_DEF(K, W, 5)
+#define NX_DX6(K, W) NX_DX5(K, W) NX_DEF(K, W, 6)
+#define NX_DX7(K, W) NX_DX6(K, W) NX_DEF(K, W, 7)
+#define NX_DX8(K, W) NX_DX7(K, W) NX_DEF(K, W, 8)
+#define NX_DW1(K, TX) NX_DX##TX(K, 1)
+#define NX_DW2(K, TX) NX_DW1(K, TX) NX_DX##TX(K, 2)
+#define NX_DW3(K, TX) NX_DW2(K, TX) NX_DX##TX(K, 3)
+#define NX_DW4(K, TX) NX_DW3(K, TX) NX_DX##TX(K, 4)
+#define NX_PX1(K, W) NX_FN(K, W, 1)
+#define NX_PX2(K, W) NX_PX1(K, W), NX_FN(K, W, 2)
+#define NX_PX3(K, W) NX_PX2(K, W), NX_FN(K, W, 3)
+#define NX_PX4(K, W) NX_PX3(K, W), NX_FN(K, W, 4)
+#define NX_PX5(K, W) NX_PX4(K, W), NX_FN(K, W, 5)
+#define NX_PX6(K, W) NX_PX5(K, W), NX_FN(K, W, 6)
+#define NX_PX7(K, W) NX_PX6(K, W), NX_FN(K, W, 7)
+#define NX_PX8(K, W) NX_PX7(K, W), NX_FN(K, W, 8)
+#define NX_PW1(K, TX) NX_PX##TX(K, 1)
+#define NX_PW2(K, TX) NX_PW1(K, TX), NX_PX##TX(K, 2)
+#define NX_PW3(K, TX) NX_PW2(K, TX), NX_PX##TX(K, 3)
+#define NX_PW4(K, TX) NX_PW3(K, TX), NX_PX##TX(K, 4)
+#define NX_KERNEL(NAME, K, TW, TX) NX_KERNEL_(NAME, K, TW, TX)
+#define NX_KERNEL_(NAME, K, TW, TX)                                                                             \
+    NX_DW##TW(K, TX) static const tile_fn K##_tab[(TW) * (TX)] = {NX_PW##TW(K, TX)};                            \
+    void NAME(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,              \
+              size_t x_stride, int nw, int nx) {                                                                 \
+        nx_run(K##_tab, TW, TX, n, s, s_stride, w, w_stride, x, x_stride, nw, nx);                               \
+    }
+
+// Largest tile any body supports (array bounds; the loops run to the constant W, X).
+#define TMW 4
+#define TMX 8
+
+#define FOR_W for (int j = 0; j < W; j++)
+#define FOR_X for (int k = 0; k < X; k++)
+
+static ALWAYS_INLINE void store_tile(const int W, const int X, __m512 acc[TMW][TMX], float *s, size_t ss) {
+#pragma GCC unroll 4
+    FOR_W {
+#pragma GCC unroll 8
+        FOR_X {
+            s[(size_t)k * ss + (size_t)j] = _mm512_reduce_add_ps(acc[j][k]);
+        }
+    }
+}
+
+#define ZERO_TILE(acc)                                                                                          \
+    _Pragma("GCC unroll 4") FOR_W {                                                                              \
+        _Pragma("GCC unroll 8") FOR_X {                                                                          \
+            acc[j][k] = _mm512_setzero_ps();                                                                     \
+        }                                                                                                        \
+    }
+
+// ---- float weights ------------------------------------------------------------------------------------------
+
+enum { FW_F32, FW_F16 };
+
+static ALWAYS_INLINE __m512 load_fw(const int kind, const uint8_t *row, int64_t i, __mmask16 m) {
+    if (kind == FW_F32) {
+        return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+    }
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + i));
+}
+
+static ALWAYS_INLINE __m512 load_fw_full(const int kind, const uint8_t *row, int64_t i) {
+    if (kind == FW_F32) {
+        return _mm512_loadu_ps((const float *)row + i);
+    }
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)));
+}
+
+static ALWAYS_INLINE void tile_float(const int W, const int X, const int kind, int64_t n, float *s, size_t ss,
+                                     const uint8_t *w, size_t ws, const uint8_t *x, size_t xs) {
+    __m512 acc[TMW][TMX];
+    ZERO_TILE(acc)
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 wv[TMW];
+#pragma GCC unroll 4
+        FOR_W {
+            wv[j] = load_fw_full(kind, w + (size_t)j * ws, i);
+        }
+#pragma GCC unroll 8
+        FOR_X {
+            const __m512 xv = _mm512_loadu_ps((const float *)(x + (size_t)k * xs) + i);
+#pragma GCC unroll 4
+            FOR_W {
+                acc[j][k] = _mm512_fmadd_ps(wv[j], xv, acc[j][k]);
+            }
+        }
+    }
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        __m512 wv[TMW];
+#pragma GCC unroll 4
+        FOR_W {
+            wv[j] = load_fw(kind, w + (size_t)j * ws, i, m);
+        }
+#pragma GCC unroll 8
+        FOR_X {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *)(x + (size_t)k * xs) + i);
+#pragma GCC unroll 4
+            FOR_W {
+                acc[j][k] = _mm512_fmadd_ps(wv[j], xv, acc[j][k]);
+            }
+        }
+    }
+    store_tile(W, X, acc, s, ss);
+}
+
+static ALWAYS_INLINE void tile_f32(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                   size_t ws, const uint8_t *x, size_t xs) {
+    tile_float(W, X, FW_F32, n, s, ss, w, ws, x, xs);
+}
+
+static ALWAYS_INLINE void tile_f16(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                   size_t ws, const uint8_t *x, size_t xs) {
+    tile_float(W, X, FW_F16, n, s, ss, w, ws, x, xs);
+}
+
+NX_KERNEL(vlm__vec_dot_f32_nx_avx512, tile_f32, 4, 6)
+NX_KERNEL(vlm__vec_dot_f16_nx_avx512, tile_f16, 4, 6)
+
+static ALWAYS_INLINE void tile_bf16(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                    size_t ws, const uint8_t *x, size_t xs) {
+    __m512 acc[TMW][TMX];
+    ZERO_TILE(acc)
+    for (int64_t i = 0; i < n; i += 32) {
+        const __mmask32 m = n - i >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (n - i)) - 1u);
+        __m512bh wv[TMW];
+#pragma GCC unroll 4
+        FOR_W {
+            wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(m, (const uint16_t *)(w + (size_t)j * ws) + i);
+        }
+#pragma GCC unroll 8
+        FOR_X {
+            const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(m, (const uint16_t *)(x + (size_t)k * xs) + i);
+#pragma GCC unroll 4
+            FOR_W {
+                acc[j][k] = _mm512_dpbf16_ps(acc[j][k], wv[j], xv);
+            }
+        }
+    }
+    store_tile(W, X, acc, s, ss);
+}
+
+NX_KERNEL(vlm__vec_dot_bf16_nx_avx512, tile_bf16, 4, 6)
+
+// ---- 32-element blocks -------------------------------------------------------------------------------------
+//
+// Weights become unsigned codes q with the weight q - OFF (OFF = 8, 16, 128 for Q4_0, Q5_0, Q8_0; 0 for the
+// Q8_1 formats, whose minimum is added as m * s). The offset part -OFF * sum(y) depends on the activations
+// only, so it is computed once per activation block pair and is the starting value of the weight's vpdpbusd.
+
+enum { B_Q4_0, B_Q5_0, B_Q8_0, B_Q4_1, B_Q5_1 };
+
+#define B_WSIZE(kind)                                                                                           \
+    ((kind) == B_Q4_0 ? 18 : (kind) == B_Q5_0 ? 22 : (kind) == B_Q8_0 ? 34 : (kind) == B_Q4_1 ? 20 : 24)
+#define B_Q8_1(kind) ((kind) == B_Q4_1 || (kind) == B_Q5_1)
+
+// fp16 values h0 (lanes 0..7) and h1 (lanes 8..15).
+static inline __m512 half_x2(uint16_t h0, uint16_t h1) {
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                 _mm512_castps128_ps512(f));
+}
+
+static inline uint16_t ld16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+// Codes of blocks p and p + size (two = 1) or of p alone with the upper half zero (two = 0).
+static ALWAYS_INLINE __m512i unpack_b(const int kind, const int two, const uint8_t *p) {
+    const int sz = B_WSIZE(kind);
+    const uint8_t *p1 = two ? p + sz : p;
+    __m512i q;
+    switch (kind) {
+    case B_Q8_0:
+        q = _mm512_xor_si512(y_x2((const int8_t *)p + 2, (const int8_t *)p1 + 2), _mm512_set1_epi8((char)0x80));
+        break;
+    case B_Q4_0:
+        q = nibbles_x2(p + 2, p1 + 2);
+        break;
+    case B_Q4_1:
+        q = nibbles_x2(p + 4, p1 + 4);
+        break;
+    case B_Q5_0:
+        q = _mm512_or_si512(nibbles_x2(p + 6, p1 + 6),
+                            _mm512_maskz_mov_epi8(qh_x2(p + 2, p1 + 2), _mm512_set1_epi8(0x10)));
+        break;
+    default: // B_Q5_1
+        q = _mm512_or_si512(nibbles_x2(p + 8, p1 + 8),
+                            _mm512_maskz_mov_epi8(qh_x2(p + 4, p1 + 4), _mm512_set1_epi8(0x10)));
+        break;
+    }
+    return two ? q : _mm512_zextsi256_si512(_mm512_castsi512_si256(q));
+}
+
+static ALWAYS_INLINE void tile_b_step(const int W, const int X, const int kind, const int two, int64_t i,
+                                      __m512 acc[TMW][TMX], const uint8_t *w, size_t ws, const uint8_t *x,
+                                      size_t xs) {
+    const int wsz = B_WSIZE(kind);
+    const int xsz = B_Q8_1(kind) ? 36 : 34;
+    const int xqs = B_Q8_1(kind) ? 4 : 2;
+    const char off = kind == B_Q4_0 ? 8 : kind == B_Q5_0 ? 16 : (char)0x80;
+    __m512i y[TMX], c[TMX];
+    __m512 dx[TMX], sx[TMX];
+#pragma GCC unroll 8
+    FOR_X {
+        const uint8_t *b = x + (size_t)k * xs + (size_t)i * (size_t)xsz;
+        if (two) {
+            y[k] = y_x2((const int8_t *)b + xqs, (const int8_t *)b + xsz + xqs);
+        } else {
+            y[k] = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(b + xqs)));
+        }
+        dx[k] = half_x2(ld16(b), two ? ld16(b + xsz) : 0);
+        if (B_Q8_1(kind)) {
+            c[k] = _mm512_setzero_si512();
+            sx[k] = _mm512_maskz_mov_ps(0x0101, half_x2(ld16(b + 2), two ? ld16(b + xsz + 2) : 0));
+        } else {
+            const __m512i z = _mm512_setzero_si512();
+            c[k] = _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, _mm512_set1_epi8(off), y[k]));
+            sx[k] = _mm512_setzero_ps();
+        }
+    }
+#pragma GCC unroll 4
+    FOR_W {
+        const uint8_t *a = w + (size_t)j * ws + (size_t)i * (size_t)wsz;
+        const __m512i q = unpack_b(kind, two, a);
+        const __m512 dw = half_x2(ld16(a), two ? ld16(a + wsz) : 0);
+        __m512 mw = _mm512_setzero_ps();
+        if (B_Q8_1(kind)) {
+            mw = half_x2(ld16(a + 2), two ? ld16(a + wsz + 2) : 0);
+        }
+#pragma GCC unroll 8
+        FOR_X {
+            const __m512i p = _mm512_dpbusd_epi32(c[k], q, y[k]);
+            acc[j][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dx[k]), acc[j][k]);
+            if (B_Q8_1(kind)) {
+                acc[j][k] = _mm512_fmadd_ps(mw, sx[k], acc[j][k]);
+            }
+        }
+    }
+}
+
+static ALWAYS_INLINE void tile_b(const int W, const int X, const int kind, int64_t n, float *s, size_t ss,
+                                 const uint8_t *w, size_t ws, const uint8_t *x, size_t xs) {
+    const int64_t nb = n / 32;
+    __m512 acc[TMW][TMX];
+    ZERO_TILE(acc)
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        tile_b_step(W, X, kind, 1, i, acc, w, ws, x, xs);
+    }
+    if (i < nb) {
+        tile_b_step(W, X, kind, 0, i, acc, w, ws, x, xs);
+    }
+    store_tile(W, X, acc, s, ss);
+}
+
+#define TILE_B(NAME, KIND)                                                                                      \
+    static ALWAYS_INLINE void NAME(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,   \
+                                   size_t ws, const uint8_t *x, size_t xs) {                                     \
+        tile_b(W, X, KIND, n, s, ss, w, ws, x, xs);                                                              \
+    }
+TILE_B(tile_q4_0, B_Q4_0)
+TILE_B(tile_q5_0, B_Q5_0)
+TILE_B(tile_q8_0, B_Q8_0)
+TILE_B(tile_q4_1, B_Q4_1)
+TILE_B(tile_q5_1, B_Q5_1)
+#undef TILE_B
+
+NX_KERNEL(vlm__vec_dot_q4_0_nx_avx512, tile_q4_0, 4, 3)
+NX_KERNEL(vlm__vec_dot_q5_0_nx_avx512, tile_q5_0, 4, 3)
+NX_KERNEL(vlm__vec_dot_q8_0_nx_avx512, tile_q8_0, 4, 3)
+NX_KERNEL(vlm__vec_dot_q4_1_nx_avx512, tile_q4_1, 4, 3)
+NX_KERNEL(vlm__vec_dot_q5_1_nx_avx512, tile_q5_1, 4, 3)
+
+// ---- K-quants ------------------------------------------------------------------------------------------------
+//
+// Per super-block each weight row is unpacked into four 64-code registers and four int16 scale registers (the
+// single-row layout), then run against the X activation rows: vpmaddubsw + vpdpwssd per 64 codes, so the
+// sub-block scales are applied in the integer domain. The minimum / offset terms use Q8_K's bsums.
+
+static ALWAYS_INLINE __m512i k_scale_idx(int c) {
+    return _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * c)), _mm256_set1_epi16((short)(2 * c + 1)), 1);
+}
+
+enum { K_Q4, K_Q5 };
+
+static ALWAYS_INLINE void tile_k45(const int W, const int X, const int kind, int64_t n, float *s, size_t ss,
+                                   const uint8_t *w, size_t ws, const uint8_t *x, size_t xs) {
+    const size_t wsz = kind == K_Q4 ? sizeof(struct vlm_block_q4_k) : sizeof(struct vlm_block_q5_k);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m1 = _mm512_set1_epi8(1);
+    const __m512i shifts = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+    __m512 acc[TMW][TMX];
+    ZERO_TILE(acc)
+    for (int64_t i = 0; i < n / VLM_QK_K; i++) {
+#pragma GCC unroll 4
+        FOR_W {
+            const uint8_t *blk = w + (size_t)j * ws + (size_t)i * wsz;
+            // Q4_K and Q5_K share the d, dmin, scales prefix; qs follows qh in Q5_K
+            const struct vlm_block_q4_k *a = (const struct vlm_block_q4_k *)blk;
+            const uint8_t *qs = kind == K_Q4 ? a->qs : ((const struct vlm_block_q5_k *)blk)->qs;
+            uint8_t sm[16];
+            k4_unpack_scales(a->scales, sm);
+            const __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sm)));
+            const __m128i m8 = _mm_loadl_epi64((const __m128i *)(sm + 8));
+            // each min twice: one per 16-element bsum
+            const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+            __m512i q[4], scv[4];
+            __m512i qh = _mm512_setzero_si512();
+            if (kind == K_Q5) {
+                qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)((const struct vlm_block_q5_k *)blk)->qh));
+            }
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                const __m512i qq = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+                q[c] = _mm512_and_si512(_mm512_srlv_epi64(qq, shifts), m4);
+                if (kind == K_Q5) {
+                    const __m512i hs = _mm512_add_epi64(_mm512_set1_epi64(2 * c), _mm512_srli_epi64(shifts, 2));
+                    q[c] = _mm512_or_si512(q[c], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(qh, hs), m1), 4));
+                }
+                scv[c] = _mm512_permutexvar_epi16(k_scale_idx(c), sc16);
+            }
+            const __m512 dw = _mm512_set1_ps(fp16(a->d));
+            const __m512 dmw = _mm512_set1_ps(fp16(a->dmin));
+#pragma GCC unroll 8
+            FOR_X {
+                const struct vlm_block_q8_k *b = (const struct vlm_block_q8_k *)(x + (size_t)k * xs) + i;
+                __m512i sumi = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) {
+                    const __m512i p = _mm512_maddubs_epi16(q[c], _mm512_loadu_si512(b->qs + 64 * c));
+                    sumi = _mm512_dpwssd_epi32(sumi, p, scv[c]);
+                }
+                const __m256i mm = _mm256_madd_epi16(mins16, _mm256_loadu_si256((const __m256i *)b->bsums));
+                __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), dw);
+                f = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(mm)), dmw, f);
+                acc[j][k] = _mm512_fmadd_ps(f, _mm512_set1_ps(b->d), acc[j][k]);
+            }
+        }
+    }
+    store_tile(W, X, acc, s, ss);
+}
+
+static ALWAYS_INLINE void tile_q4_k(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                    size_t ws, const uint8_t *x, size_t xs) {
+    tile_k45(W, X, K_Q4, n, s, ss, w, ws, x, xs);
+}
+
+static ALWAYS_INLINE void tile_q5_k(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                    size_t ws, const uint8_t *x, size_t xs) {
+    tile_k45(W, X, K_Q5, n, s, ss, w, ws, x, xs);
+}
+
+NX_KERNEL(vlm__vec_dot_q4_k_nx_avx512, tile_q4_k, 3, 5)
+NX_KERNEL(vlm__vec_dot_q5_k_nx_avx512, tile_q5_k, 3, 5)
+
+static ALWAYS_INLINE void tile_q6_k(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                    size_t ws, const uint8_t *x, size_t xs) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m3 = _mm512_set1_epi8(3);
+    const __m512i hshift_lo = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+    const __m512i hshift_hi = _mm512_setr_epi64(4, 4, 4, 4, 6, 6, 6, 6);
+    const __m512i base_idx = _mm512_setr_epi64(0, 0, 0x0001000100010001LL, 0x0001000100010001LL, 0x0002000200020002LL,
+                                               0x0002000200020002LL, 0x0003000300030003LL, 0x0003000300030003LL);
+    __m512 acc[TMW][TMX];
+    ZERO_TILE(acc)
+    for (int64_t i = 0; i < n / VLM_QK_K; i++) {
+#pragma GCC unroll 4
+        FOR_W {
+            const struct vlm_block_q6_k *a = (const struct vlm_block_q6_k *)(w + (size_t)j * ws) + i;
+            const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a->scales));
+            const __m512i scz = _mm512_castsi256_si512(sc);
+            // -32 * scale per 16-element group, against bsums: removes the code offset of 32
+            const __m512i nsc = _mm512_zextsi256_si512(_mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 5)));
+            __m512i q[4], scv[4];
+#pragma GCC unroll 2
+            for (int half = 0; half < 2; half++) {
+                const __m512i l = _mm512_loadu_si512(a->ql + 64 * half);
+                const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a->qh + 32 * half)));
+                q[2 * half] = _mm512_or_si512(_mm512_and_si512(l, m4),
+                                              _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(h, hshift_lo), m3), 4));
+                q[2 * half + 1] =
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(h, hshift_hi), m3), 4));
+                const __m512i ia = _mm512_add_epi16(base_idx, _mm512_set1_epi16((short)(8 * half)));
+                scv[2 * half] = _mm512_permutexvar_epi16(ia, scz);
+                scv[2 * half + 1] = _mm512_permutexvar_epi16(_mm512_add_epi16(ia, _mm512_set1_epi16(4)), scz);
+            }
+            const __m512 dw = _mm512_set1_ps(fp16(a->d));
+#pragma GCC unroll 8
+            FOR_X {
+                const struct vlm_block_q8_k *b = (const struct vlm_block_q8_k *)(x + (size_t)k * xs) + i;
+                __m512i sumi = _mm512_dpwssd_epi32(
+                    _mm512_setzero_si512(), _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)b->bsums)), nsc);
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) {
+                    // order of the 64-code registers: ql[0..63] low, high nibbles; then ql[64..127]
+                    const __m512i p = _mm512_maddubs_epi16(q[c], _mm512_loadu_si512(b->qs + 64 * c));
+                    sumi = _mm512_dpwssd_epi32(sumi, p, scv[c]);
+                }
+                acc[j][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(dw, _mm512_set1_ps(b->d)), acc[j][k]);
+            }
+        }
+    }
+    store_tile(W, X, acc, s, ss);
+}
+
+NX_KERNEL(vlm__vec_dot_q6_k_nx_avx512, tile_q6_k, 3, 5)
