@@ -74,7 +74,7 @@ struct vlm_tensor vlm_tensor_rows(const struct vlm_tensor *t, int64_t row0, int6
     v.ne[1] = n_rows;
     v.nb[2] = t->nb[1] * (size_t)n_rows;
     v.nb[3] = v.nb[2];
-    v.backend = NULL;
+    v.owns_data = false; // keeps `backend`, so set/get on a view still go through the device's copy routine
     return v;
 }
 
@@ -87,6 +87,7 @@ int vlm_tensor_alloc(struct vlm_backend *be, const struct vlm_tensor *desc, stru
     }
     t.data = data;
     t.backend = be;
+    t.owns_data = true;
     t.name = desc->name;
     *out = t;
     return 0;
@@ -105,7 +106,8 @@ int vlm_tensor_from_host(struct vlm_backend *be,
     }
     struct vlm_tensor t = *desc;
     t.data = data;
-    t.backend = owned ? be : NULL; // borrowed host memory is not released through the backend
+    t.backend = be;
+    t.owns_data = owned; // borrowed host memory (a GGUF mapping) is not released through the backend
     *out = t;
     return 0;
 }
@@ -114,11 +116,12 @@ void vlm_tensor_release(struct vlm_tensor *t) {
     if (!t) {
         return;
     }
-    if (t->backend && t->data) {
+    if (t->owns_data && t->backend && t->data) {
         t->backend->iface->release(t->backend, t->data);
     }
     t->data = NULL;
     t->backend = NULL;
+    t->owns_data = false;
 }
 
 int vlm_tensor_set(struct vlm_tensor *t, const void *src, size_t offset, size_t size) {
@@ -129,7 +132,7 @@ int vlm_tensor_set(struct vlm_tensor *t, const void *src, size_t offset, size_t 
     if (size == 0) {
         return 0;
     }
-    if (!t->backend) { // borrowed view of host memory
+    if (!t->backend) { // plain host memory
         memcpy((char *)t->data + offset, src, size);
         return 0;
     }

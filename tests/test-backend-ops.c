@@ -706,7 +706,7 @@ static void test_matmul(void **state) {
             free(x);
             free(ref);
         }
-        printf("matmul %-6s n_in=%-4lld   max err/rms %.2e vs exact (tol %.0e), %.2e vs same-rounding ref, "
+        printf("matmul %-6s n_in=%-4lld   max err/rms %.2e vs exact (tol %.1e), %.2e vs same-rounding ref, "
                "%d cases\n",
                tt->name, (long long)n_in, worst_rel,
                matmul_tol(vlm__cpu_type_traits((enum vlm_type)type)->vec_dot_type), worst_strict, cases);
@@ -863,13 +863,16 @@ static void test_tensor_helpers(void **state) {
     assert_int_equal(vlm_tensor_get(&a, z, 81, 0), VLM_ERANGE);
     struct vlm_tensor r = vlm_tensor_rows(&a, 1, 2);
     assert_ptr_equal(r.data, (char *)a.data + 20);
-    assert_null(r.backend);
+    assert_ptr_equal(r.backend, a.backend); // a view stays on its backend...
+    assert_false(r.owns_data);              // ...but does not own the memory
+    assert_true(a.owns_data);
     assert_int_equal(vlm_tensor_nbytes(&r), 40);
     float one[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
     assert_int_equal(vlm_tensor_set(&r, one, 0, sizeof one), 0);
     assert_int_equal(vlm_tensor_get(&a, z, 0, sizeof z), 0);
     assert_true(z[4] == 0.0f && z[5] == 1.0f && z[14] == 10.0f && z[15] == 0.0f);
     vlm_tensor_release(&r); // a view: no-op
+    assert_int_equal(vlm_tensor_get(&a, z, 0, sizeof z), 0); // still alive
     vlm_tensor_release(&a);
     assert_null(a.data);
 

@@ -31,7 +31,8 @@ struct vlm_tensor {
     int64_t ne[4];               // elements per dimension; unused dims are 1
     size_t nb[4];                // byte strides; nb[0] is the block size in bytes for the type
     void *data;                  // host pointer (CPU backend) or device pointer (CUDA backend)
-    struct vlm_backend *backend; // backend that owns `data`, or NULL for a borrowed view
+    struct vlm_backend *backend; // backend `data` lives on (NULL: plain host memory, e.g. a test's array)
+    bool owns_data;              // release frees `data` (false for views and borrowed host weights)
     const char *name;            // optional, for messages
 };
 
@@ -87,7 +88,7 @@ VLM_API size_t vlm_tensor_nbytes(const struct vlm_tensor *t); // contiguous size
 VLM_API int64_t vlm_tensor_nrows(const struct vlm_tensor *t); // ne[1]*ne[2]*ne[3]
 VLM_API bool vlm_tensor_is_contiguous(const struct vlm_tensor *t);
 
-// A view of rows [row0, row0 + n_rows) of a 2-D tensor (borrowed: same data, no ownership).
+// A view of rows [row0, row0 + n_rows) of a 2-D tensor (same data and backend, no ownership).
 VLM_API struct vlm_tensor vlm_tensor_rows(const struct vlm_tensor *t, int64_t row0, int64_t n_rows);
 
 // Allocates device memory for a contiguous tensor shaped like `desc` (zero-filled). `*out` is written only on

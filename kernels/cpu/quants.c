@@ -320,14 +320,14 @@ static const struct vlm_cpu_type_traits scalar_traits[VLM_TYPE_COUNT] = {
 // Types without a kernel of their own on a path use the scalar one (same activation format, so a path's row is
 // always self-consistent).
 static const struct vlm_cpu_type_traits avx2_traits[VLM_TYPE_COUNT] = {
-    [VLM_TYPE_F32] = T(VLM_TYPE_F32, NULL, vlm__vec_dot_f32_avx2, NULL),
-    [VLM_TYPE_F16] = T(VLM_TYPE_F32, NULL, vlm__vec_dot_f16_avx2, NULL),
+    [VLM_TYPE_F32] = T(VLM_TYPE_F32, NULL, vlm__vec_dot_f32_avx2, vlm__vec_dot_f32_nx_avx2),
+    [VLM_TYPE_F16] = T(VLM_TYPE_F32, NULL, vlm__vec_dot_f16_avx2, vlm__vec_dot_f16_nx_avx2),
     [VLM_TYPE_BF16] = T(VLM_TYPE_BF16, vlm__quant_row_bf16_avx2, vlm__vec_dot_bf16_avx2, NULL),
-    [VLM_TYPE_Q4_0] = T(VLM_TYPE_Q8_0, vlm__quant_row_q8_0_avx2, vlm__vec_dot_q4_0_avx2, NULL),
+    [VLM_TYPE_Q4_0] = T(VLM_TYPE_Q8_0, vlm__quant_row_q8_0_avx2, vlm__vec_dot_q4_0_avx2, vlm__vec_dot_q4_0_nx_avx2),
     [VLM_TYPE_Q4_1] = T(VLM_TYPE_Q8_1, vlm__quant_row_q8_1_avx2, vlm__vec_dot_q4_1_avx2, NULL),
-    [VLM_TYPE_Q5_0] = T(VLM_TYPE_Q8_0, vlm__quant_row_q8_0_avx2, vlm__vec_dot_q5_0_avx2, NULL),
+    [VLM_TYPE_Q5_0] = T(VLM_TYPE_Q8_0, vlm__quant_row_q8_0_avx2, vlm__vec_dot_q5_0_avx2, vlm__vec_dot_q5_0_nx_avx2),
     [VLM_TYPE_Q5_1] = T(VLM_TYPE_Q8_1, vlm__quant_row_q8_1_avx2, vlm__vec_dot_q5_1_avx2, NULL),
-    [VLM_TYPE_Q8_0] = T(VLM_TYPE_Q8_0, vlm__quant_row_q8_0_avx2, vlm__vec_dot_q8_0_avx2, NULL),
+    [VLM_TYPE_Q8_0] = T(VLM_TYPE_Q8_0, vlm__quant_row_q8_0_avx2, vlm__vec_dot_q8_0_avx2, vlm__vec_dot_q8_0_nx_avx2),
     [VLM_TYPE_Q2_K] = T(VLM_TYPE_Q8_K, vlm__quant_row_q8_k_avx2, vlm__vec_dot_q2_k_scalar, NULL),
     [VLM_TYPE_Q3_K] = T(VLM_TYPE_Q8_K, vlm__quant_row_q8_k_avx2, vlm__vec_dot_q3_k_scalar, NULL),
     [VLM_TYPE_Q4_K] = T(VLM_TYPE_Q8_K, vlm__quant_row_q8_k_avx2, vlm__vec_dot_q4_k_avx2, NULL),

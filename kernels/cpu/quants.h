@@ -118,11 +118,12 @@ typedef void (*vlm_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x
 typedef void (*vlm_vec_dot_nx_fn)(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
                                   const void *x, size_t x_stride, int nw, int nx);
 
-// Register tile of the multi-row kernels: they compute VLM_NX_MAX_W weight rows x VLM_NX_MAX_X activation rows
-// at a time (smaller tiles only at the edges), so callers get the best rate when nw and nx are multiples of
-// these. Any nw, nx still works. (Some types use a narrower tile internally, e.g. 2 x 8; 4 x 4 divides all.)
+// Register tile of the multi-row kernels: the largest weight-rows x activation-rows block one kernel call keeps
+// in registers (AVX-512: 4 x 4 for quantized types, 4 x 6 for F32/F16/BF16; AVX2: 4 x 2 floats, 2 x 4 Q8_0-like).
+// Callers get the best rate when nw is a multiple of VLM_NX_MAX_W and nx one of VLM_NX_MAX_X (or simply large:
+// a 16 x 32 call is split into full tiles plus small edge tiles); any nw, nx >= 1 is correct.
 #define VLM_NX_MAX_W 4
-#define VLM_NX_MAX_X 8
+#define VLM_NX_MAX_X 4
 
 struct vlm_cpu_type_traits {
     enum vlm_type vec_dot_type;  // format activations are converted to (F32, F16, BF16, Q8_0, Q8_1, Q8_K)
@@ -155,6 +156,16 @@ void vlm__vec_dot_q5_k_nx_avx512(int64_t n, float *s, size_t s_stride, const voi
                                  const void *x, size_t x_stride, int nw, int nx);
 void vlm__vec_dot_q6_k_nx_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride,
                                  const void *x, size_t x_stride, int nw, int nx);
+void vlm__vec_dot_f32_nx_avx2(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,
+                              size_t x_stride, int nw, int nx);
+void vlm__vec_dot_f16_nx_avx2(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,
+                              size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q4_0_nx_avx2(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,
+                               size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q5_0_nx_avx2(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,
+                               size_t x_stride, int nw, int nx);
+void vlm__vec_dot_q8_0_nx_avx2(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,
+                               size_t x_stride, int nw, int nx);
 #endif
 
 // Traits for the current ISA path; NULL for types the CPU backend cannot compute with.

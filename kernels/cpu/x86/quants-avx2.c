@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "kernels/cpu/quant-ref.h"
+#include "kernels/cpu/x86/quants-nx.h"
 
 static inline float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -477,3 +478,162 @@ void vlm__vec_dot_q5_k_avx2(int64_t n, float *s, const void *w, const void *x) {
     }
     *s = hsum_ps(acc) - summ;
 }
+
+// =============================================================================================================
+// Multi-row (nx) kernels
+// =============================================================================================================
+//
+// As in quants-avx512.c: W weight rows x X activation rows per register tile, each weight block unpacked once
+// for all X rows. Sixteen ymm registers allow about eight accumulators.
+
+#define TMW 4
+#define TMX 4
+
+static ALWAYS_INLINE void store_tile(const int W, const int X, __m256 acc[TMW][TMX], float *s, size_t ss) {
+#pragma GCC unroll 4
+    FOR_W {
+#pragma GCC unroll 4
+        FOR_X {
+            s[(size_t)k * ss + (size_t)j] = hsum_ps(acc[j][k]);
+        }
+    }
+}
+
+#define ZERO_TILE(acc)                                                                                          \
+    _Pragma("GCC unroll 4") FOR_W {                                                                              \
+        _Pragma("GCC unroll 4") FOR_X {                                                                          \
+            acc[j][k] = _mm256_setzero_ps();                                                                     \
+        }                                                                                                        \
+    }
+
+// ---- float weights ------------------------------------------------------------------------------------------
+
+enum { FW_F32, FW_F16 };
+
+static ALWAYS_INLINE __m256 load_fw(const int kind, const uint8_t *row, int64_t i) {
+    if (kind == FW_F32) {
+        return _mm256_loadu_ps((const float *)row + i);
+    }
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+}
+
+static ALWAYS_INLINE void tile_float(const int W, const int X, const int kind, int64_t n, float *s, size_t ss,
+                                     const uint8_t *w, size_t ws, const uint8_t *x, size_t xs) {
+    __m256 acc[TMW][TMX];
+    ZERO_TILE(acc)
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wv[TMW];
+#pragma GCC unroll 4
+        FOR_W {
+            wv[j] = load_fw(kind, w + (size_t)j * ws, i);
+        }
+#pragma GCC unroll 4
+        FOR_X {
+            const __m256 xv = _mm256_loadu_ps((const float *)(x + (size_t)k * xs) + i);
+#pragma GCC unroll 4
+            FOR_W {
+                acc[j][k] = _mm256_fmadd_ps(wv[j], xv, acc[j][k]);
+            }
+        }
+    }
+    store_tile(W, X, acc, s, ss);
+    // the last n % 8 elements in scalar code, added to the stored sums
+    for (; i < n; i++) {
+        for (int j = 0; j < W; j++) {
+            const uint8_t *row = w + (size_t)j * ws;
+            const float wi = kind == FW_F32 ? ((const float *)row)[i] : vlm_fp16_to_fp32(((const uint16_t *)row)[i]);
+            for (int k = 0; k < X; k++) {
+                s[(size_t)k * ss + (size_t)j] += wi * ((const float *)(x + (size_t)k * xs))[i];
+            }
+        }
+    }
+}
+
+static ALWAYS_INLINE void tile_f32(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                   size_t ws, const uint8_t *x, size_t xs) {
+    tile_float(W, X, FW_F32, n, s, ss, w, ws, x, xs);
+}
+
+static ALWAYS_INLINE void tile_f16(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                   size_t ws, const uint8_t *x, size_t xs) {
+    tile_float(W, X, FW_F16, n, s, ss, w, ws, x, xs);
+}
+
+NX_KERNEL(vlm__vec_dot_f32_nx_avx2, tile_f32, 4, 2)
+NX_KERNEL(vlm__vec_dot_f16_nx_avx2, tile_f16, 4, 2)
+
+// ---- Q8_0-activation blocks -----------------------------------------------------------------------------------
+//
+// Signed codes w against signed activations y with the sign trick of dot_i8: |w| is computed once per weight
+// block, sign(y, w) per pair.
+
+enum { B_Q4_0, B_Q5_0, B_Q8_0 };
+
+static ALWAYS_INLINE __m256i codes_b(const int kind, const uint8_t *blk) {
+    switch (kind) {
+    case B_Q4_0:
+        return _mm256_sub_epi8(unpack_nibbles(((const struct vlm_block_q4_0 *)blk)->qs), _mm256_set1_epi8(8));
+    case B_Q5_0: {
+        const struct vlm_block_q5_0 *a = (const struct vlm_block_q5_0 *)blk;
+        const __m256i hi = _mm256_andnot_si256(bits_to_bytes(a->qh), _mm256_set1_epi8((char)0xf0));
+        return _mm256_or_si256(unpack_nibbles(a->qs), hi);
+    }
+    default:
+        return _mm256_loadu_si256((const __m256i *)((const struct vlm_block_q8_0 *)blk)->qs);
+    }
+}
+
+static ALWAYS_INLINE void tile_b(const int W, const int X, const int kind, int64_t n, float *s, size_t ss,
+                                 const uint8_t *w, size_t ws, const uint8_t *x, size_t xs) {
+    const size_t wsz = kind == B_Q4_0 ? sizeof(struct vlm_block_q4_0)
+                       : kind == B_Q5_0 ? sizeof(struct vlm_block_q5_0)
+                                        : sizeof(struct vlm_block_q8_0);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[TMW][TMX];
+    ZERO_TILE(acc)
+    for (int64_t i = 0; i < n / VLM_QK8_0; i++) {
+        __m256i y[TMX];
+        __m256 dx[TMX];
+#pragma GCC unroll 4
+        FOR_X {
+            const struct vlm_block_q8_0 *b = (const struct vlm_block_q8_0 *)(x + (size_t)k * xs) + i;
+            y[k] = _mm256_loadu_si256((const __m256i *)b->qs);
+            dx[k] = _mm256_set1_ps(fp16(b->d));
+        }
+#pragma GCC unroll 4
+        FOR_W {
+            const uint8_t *blk = w + (size_t)j * ws + (size_t)i * wsz;
+            const __m256i q = codes_b(kind, blk);
+            const __m256i aq = _mm256_sign_epi8(q, q);
+            uint16_t dbits;
+            memcpy(&dbits, blk, 2);
+            const __m256 dw = _mm256_set1_ps(fp16(dbits));
+#pragma GCC unroll 4
+            FOR_X {
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(y[k], q)), ones);
+                acc[j][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw, dx[k]), acc[j][k]);
+            }
+        }
+    }
+    store_tile(W, X, acc, s, ss);
+}
+
+static ALWAYS_INLINE void tile_q4_0(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                    size_t ws, const uint8_t *x, size_t xs) {
+    tile_b(W, X, B_Q4_0, n, s, ss, w, ws, x, xs);
+}
+
+static ALWAYS_INLINE void tile_q5_0(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                    size_t ws, const uint8_t *x, size_t xs) {
+    tile_b(W, X, B_Q5_0, n, s, ss, w, ws, x, xs);
+}
+
+static ALWAYS_INLINE void tile_q8_0(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
+                                    size_t ws, const uint8_t *x, size_t xs) {
+    tile_b(W, X, B_Q8_0, n, s, ss, w, ws, x, xs);
+}
+
+NX_KERNEL(vlm__vec_dot_q4_0_nx_avx2, tile_q4_0, 2, 4)
+NX_KERNEL(vlm__vec_dot_q5_0_nx_avx2, tile_q5_0, 2, 4)
+NX_KERNEL(vlm__vec_dot_q8_0_nx_avx2, tile_q8_0, 2, 4)

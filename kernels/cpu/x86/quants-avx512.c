@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kernels/cpu/quant-ref.h"
+#include "kernels/cpu/x86/quants-nx.h"
 
 static inline float fp16(uint16_t h) {
     return _cvtsh_ss(h);
@@ -217,6 +218,35 @@ static inline uint64_t qh_x2(const uint8_t *h0, const uint8_t *h1) {
     return (uint64_t)a | (uint64_t)b << 32;
 }
 
+// The fp16 fields at byte offsets 0 and 2 of four consecutive blocks of sz bytes starting at p, as 8 floats:
+// lanes 0..3 the first field (d) of blocks 0..3, lanes 4..7 the second (m or s). One or two masked loads and a
+// word permute instead of a scalar conversion per field; the masks keep the loads inside the four blocks.
+static inline __m256 fp16_fields_x4(const uint8_t *p, int sz) {
+    const int words = 2 * sz;
+    const __mmask32 m0 = words >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << words) - 1u);
+    const __mmask32 m1 =
+        words <= 32 ? 0 : words >= 64 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (words - 32)) - 1u);
+    const __m512i lo = _mm512_maskz_loadu_epi16(m0, p);
+    const __m512i hi = m1 ? _mm512_maskz_loadu_epi16(m1, p + 64) : _mm512_setzero_si512();
+    const short h = (short)(sz / 2);
+    const __m512i idx = _mm512_zextsi128_si512(
+        _mm_setr_epi16(0, h, (short)(2 * h), (short)(3 * h), 1, (short)(h + 1), (short)(2 * h + 1),
+                       (short)(3 * h + 1)));
+    return _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(lo, idx, hi)));
+}
+
+static inline float hsum128_ps(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_add_ss(v, _mm_movehdup_ps(v));
+    return _mm_cvtss_f32(v);
+}
+
+// Lanes 0..7 = v[a], lanes 8..15 = v[b] of a 4- or 8-float vector.
+static inline __m512 spread2(__m256 v, int a, int b) {
+    const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(a), _mm256_set1_epi32(b), 1);
+    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(v));
+}
+
 // Shared loop of the Q8_0-activation formats: each weight block pair becomes 64 unsigned codes q and a constant
 // offset c (so the weight is q - c); sum((q - c) * y) = dpbusd(q, y) - dpbusd(c, y).
 #define DOT_X2_Q8_0(WBLOCK, UNPACK, OFFSET)                                                                     \
@@ -232,11 +262,10 @@ static inline uint64_t qh_x2(const uint8_t *h0, const uint8_t *h1) {
         const __m512i z = _mm512_setzero_si512();                                                                \
         const __m512i p0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(z, q0, y0), _mm512_dpbusd_epi32(z, off, y0));    \
         const __m512i p1 = _mm512_sub_epi32(_mm512_dpbusd_epi32(z, q1, y1), _mm512_dpbusd_epi32(z, off, y1));    \
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0),                                                           \
-                               scale_x2(fp16(a[i].d) * fp16(b[i].d), fp16(a[i + 1].d) * fp16(b[i + 1].d)), acc0); \
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1),                                                           \
-                               scale_x2(fp16(a[i + 2].d) * fp16(b[i + 2].d), fp16(a[i + 3].d) * fp16(b[i + 3].d)), \
-                               acc1);                                                                            \
+        const __m256 dd = _mm256_mul_ps(fp16_fields_x4((const uint8_t *)(a + i), (int)sizeof *a),               \
+                                        fp16_fields_x4((const uint8_t *)(b + i), (int)sizeof *b));              \
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), spread2(dd, 0, 1), acc0);                                 \
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), spread2(dd, 2, 3), acc1);                                 \
     }                                                                                                            \
     float tail = 0.0f;                                                                                           \
     for (; i < nb; i++) {                                                                                        \
@@ -277,20 +306,28 @@ void vlm__vec_dot_q8_0_avx512(int64_t n, float *s, const void *w, const void *x)
     const struct WBLOCK *a = w;                                                                                  \
     const struct vlm_block_q8_1 *b = x;                                                                          \
     const int64_t nb = n / VLM_QK8_1;                                                                            \
-    __m512 acc0 = _mm512_setzero_ps();                                                                           \
-    float summs = 0.0f;                                                                                          \
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                                               \
+    __m256 summs = _mm256_setzero_ps();                                                                          \
     int64_t i = 0;                                                                                               \
-    for (; i + 2 <= nb; i += 2) {                                                                                \
-        const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), UNPACK(i), y_x2(b[i].qs, b[i + 1].qs));    \
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),                                                            \
-                               scale_x2(fp16(a[i].d) * fp16(b[i].d), fp16(a[i + 1].d) * fp16(b[i + 1].d)), acc0); \
-        summs += fp16(a[i].m) * fp16(b[i].s) + fp16(a[i + 1].m) * fp16(b[i + 1].s);                              \
+    for (; i + 4 <= nb; i += 4) {                                                                                \
+        const __m512i z = _mm512_setzero_si512();                                                                \
+        const __m512i p0 = _mm512_dpbusd_epi32(z, UNPACK(i), y_x2(b[i].qs, b[i + 1].qs));                        \
+        const __m512i p1 = _mm512_dpbusd_epi32(z, UNPACK(i + 2), y_x2(b[i + 2].qs, b[i + 3].qs));                \
+        /* lanes 0..3: d_w * d_x; lanes 4..7: m_w * s_x */                                                       \
+        const __m256 dm = _mm256_mul_ps(fp16_fields_x4((const uint8_t *)(a + i), (int)sizeof *a),               \
+                                        fp16_fields_x4((const uint8_t *)(b + i), (int)sizeof *b));              \
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), spread2(dm, 0, 1), acc0);                                 \
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), spread2(dm, 2, 3), acc1);                                 \
+        summs = _mm256_add_ps(summs, dm);                                                                        \
     }                                                                                                            \
     float tail = 0.0f;                                                                                           \
-    if (i < nb) {                                                                                                \
-        TAIL(32, &tail, a + i, b + i);                                                                           \
+    for (; i < nb; i++) {                                                                                        \
+        float t;                                                                                                 \
+        TAIL(32, &t, a + i, b + i);                                                                              \
+        tail += t;                                                                                               \
     }                                                                                                            \
-    *s = _mm512_reduce_add_ps(acc0) + summs + tail;
+    const __m128 ms = _mm256_extractf128_ps(summs, 1);                                                           \
+    *s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + hsum128_ps(ms) + tail;
 
 void vlm__vec_dot_q4_1_avx512(int64_t n, float *s, const void *w, const void *x) {
 #define TAIL vlm__vec_dot_q4_1_avx2
@@ -446,70 +483,9 @@ void vlm__vec_dot_q5_k_avx512(int64_t n, float *s, const void *w, const void *x)
 // instantiated (full unrolling turns the fixed-size arrays into registers) and nx_run covers any nw x nx with
 // them. Per (weight, activation) pair the arithmetic is that of the single-row kernel of the same type.
 
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-
-typedef void (*tile_fn)(int64_t n, float *s, size_t ss, const uint8_t *w, size_t ws, const uint8_t *x, size_t xs);
-
-static void nx_run(const tile_fn *tab, int tw, int tx, int64_t n, float *s, size_t ss, const void *w, size_t ws,
-                   const void *x, size_t xs, int nw, int nx) {
-    const uint8_t *wb = w, *xb = x;
-    // weight tile outer: its rows stay in L1 while the activation rows stream past
-    for (int iw = 0; iw < nw; iw += tw) {
-        const int bw = nw - iw < tw ? nw - iw : tw;
-        for (int ix = 0; ix < nx; ix += tx) {
-            const int bx = nx - ix < tx ? nx - ix : tx;
-            tab[(bw - 1) * tx + (bx - 1)](n, s + (size_t)ix * ss + (size_t)iw, ss, wb + (size_t)iw * ws, ws,
-                                          xb + (size_t)ix * xs, xs);
-        }
-    }
-}
-
-// Instantiation of tile body K for every (W, X) in [1, TW] x [1, TX], the table nx_run indexes, and the public
-// entry point.
-#define NX_FN(K, W, X) K##_##W##x##X
-#define NX_DEF(K, W, X)                                                                                         \
-    static void NX_FN(K, W, X)(int64_t n, float *s, size_t ss, const uint8_t *w, size_t ws, const uint8_t *x,    \
-                               size_t xs) {                                                                      \
-        K(W, X, n, s, ss, w, ws, x, xs);                                                                         \
-    }
-#define NX_DX1(K, W) NX_DEF(K, W, 1)
-#define NX_DX2(K, W) NX_DX1(K, W) NX_DEF(K, W, 2)
-#define NX_DX3(K, W) NX_DX2(K, W) NX_DEF(K, W, 3)
-#define NX_DX4(K, W) NX_DX3(K, W) NX_DEF(K, W, 4)
-#define NX_DX5(K, W) NX_DX4(K, W) NX_DEF(K, W, 5)
-#define NX_DX6(K, W) NX_DX5(K, W) NX_DEF(K, W, 6)
-#define NX_DX7(K, W) NX_DX6(K, W) NX_DEF(K, W, 7)
-#define NX_DX8(K, W) NX_DX7(K, W) NX_DEF(K, W, 8)
-#define NX_DW1(K, TX) NX_DX##TX(K, 1)
-#define NX_DW2(K, TX) NX_DW1(K, TX) NX_DX##TX(K, 2)
-#define NX_DW3(K, TX) NX_DW2(K, TX) NX_DX##TX(K, 3)
-#define NX_DW4(K, TX) NX_DW3(K, TX) NX_DX##TX(K, 4)
-#define NX_PX1(K, W) NX_FN(K, W, 1)
-#define NX_PX2(K, W) NX_PX1(K, W), NX_FN(K, W, 2)
-#define NX_PX3(K, W) NX_PX2(K, W), NX_FN(K, W, 3)
-#define NX_PX4(K, W) NX_PX3(K, W), NX_FN(K, W, 4)
-#define NX_PX5(K, W) NX_PX4(K, W), NX_FN(K, W, 5)
-#define NX_PX6(K, W) NX_PX5(K, W), NX_FN(K, W, 6)
-#define NX_PX7(K, W) NX_PX6(K, W), NX_FN(K, W, 7)
-#define NX_PX8(K, W) NX_PX7(K, W), NX_FN(K, W, 8)
-#define NX_PW1(K, TX) NX_PX##TX(K, 1)
-#define NX_PW2(K, TX) NX_PW1(K, TX), NX_PX##TX(K, 2)
-#define NX_PW3(K, TX) NX_PW2(K, TX), NX_PX##TX(K, 3)
-#define NX_PW4(K, TX) NX_PW3(K, TX), NX_PX##TX(K, 4)
-#define NX_KERNEL(NAME, K, TW, TX) NX_KERNEL_(NAME, K, TW, TX)
-#define NX_KERNEL_(NAME, K, TW, TX)                                                                             \
-    NX_DW##TW(K, TX) static const tile_fn K##_tab[(TW) * (TX)] = {NX_PW##TW(K, TX)};                            \
-    void NAME(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,              \
-              size_t x_stride, int nw, int nx) {                                                                 \
-        nx_run(K##_tab, TW, TX, n, s, s_stride, w, w_stride, x, x_stride, nw, nx);                               \
-    }
-
 // Largest tile any body supports (array bounds; the loops run to the constant W, X).
 #define TMW 4
 #define TMX 8
-
-#define FOR_W for (int j = 0; j < W; j++)
-#define FOR_X for (int k = 0; k < X; k++)
 
 static ALWAYS_INLINE void store_tile(const int W, const int X, __m512 acc[TMW][TMX], float *s, size_t ss) {
 #pragma GCC unroll 4
@@ -749,11 +725,11 @@ TILE_B(tile_q4_1, B_Q4_1)
 TILE_B(tile_q5_1, B_Q5_1)
 #undef TILE_B
 
-NX_KERNEL(vlm__vec_dot_q4_0_nx_avx512, tile_q4_0, 4, 3)
-NX_KERNEL(vlm__vec_dot_q5_0_nx_avx512, tile_q5_0, 4, 3)
-NX_KERNEL(vlm__vec_dot_q8_0_nx_avx512, tile_q8_0, 4, 3)
-NX_KERNEL(vlm__vec_dot_q4_1_nx_avx512, tile_q4_1, 4, 3)
-NX_KERNEL(vlm__vec_dot_q5_1_nx_avx512, tile_q5_1, 4, 3)
+NX_KERNEL(vlm__vec_dot_q4_0_nx_avx512, tile_q4_0, 4, 4)
+NX_KERNEL(vlm__vec_dot_q5_0_nx_avx512, tile_q5_0, 4, 4)
+NX_KERNEL(vlm__vec_dot_q8_0_nx_avx512, tile_q8_0, 4, 4)
+NX_KERNEL(vlm__vec_dot_q4_1_nx_avx512, tile_q4_1, 4, 4)
+NX_KERNEL(vlm__vec_dot_q5_1_nx_avx512, tile_q5_1, 4, 4)
 
 // ---- K-quants ------------------------------------------------------------------------------------------------
 //
@@ -790,7 +766,8 @@ static ALWAYS_INLINE void tile_k45(const int W, const int X, const int kind, int
             __m512i q[4], scv[4];
             __m512i qh = _mm512_setzero_si512();
             if (kind == K_Q5) {
-                qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)((const struct vlm_block_q5_k *)blk)->qh));
+                const uint8_t *hb = ((const struct vlm_block_q5_k *)blk)->qh;
+                qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)hb));
             }
 #pragma GCC unroll 4
             for (int c = 0; c < 4; c++) {
@@ -833,8 +810,8 @@ static ALWAYS_INLINE void tile_q5_k(const int W, const int X, int64_t n, float *
     tile_k45(W, X, K_Q5, n, s, ss, w, ws, x, xs);
 }
 
-NX_KERNEL(vlm__vec_dot_q4_k_nx_avx512, tile_q4_k, 3, 5)
-NX_KERNEL(vlm__vec_dot_q5_k_nx_avx512, tile_q5_k, 3, 5)
+NX_KERNEL(vlm__vec_dot_q4_k_nx_avx512, tile_q4_k, 4, 4)
+NX_KERNEL(vlm__vec_dot_q5_k_nx_avx512, tile_q5_k, 4, 4)
 
 static ALWAYS_INLINE void tile_q6_k(const int W, const int X, int64_t n, float *s, size_t ss, const uint8_t *w,
                                     size_t ws, const uint8_t *x, size_t xs) {
@@ -852,14 +829,16 @@ static ALWAYS_INLINE void tile_q6_k(const int W, const int X, int64_t n, float *
             const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a->scales));
             const __m512i scz = _mm512_castsi256_si512(sc);
             // -32 * scale per 16-element group, against bsums: removes the code offset of 32
-            const __m512i nsc = _mm512_zextsi256_si512(_mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 5)));
+            const __m512i nsc =
+                _mm512_zextsi256_si512(_mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 5)));
             __m512i q[4], scv[4];
 #pragma GCC unroll 2
             for (int half = 0; half < 2; half++) {
                 const __m512i l = _mm512_loadu_si512(a->ql + 64 * half);
                 const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a->qh + 32 * half)));
-                q[2 * half] = _mm512_or_si512(_mm512_and_si512(l, m4),
-                                              _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(h, hshift_lo), m3), 4));
+                q[2 * half] =
+                    _mm512_or_si512(_mm512_and_si512(l, m4),
+                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(h, hshift_lo), m3), 4));
                 q[2 * half + 1] =
                     _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
                                     _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(h, hshift_hi), m3), 4));
@@ -879,11 +858,12 @@ static ALWAYS_INLINE void tile_q6_k(const int W, const int X, int64_t n, float *
                     const __m512i p = _mm512_maddubs_epi16(q[c], _mm512_loadu_si512(b->qs + 64 * c));
                     sumi = _mm512_dpwssd_epi32(sumi, p, scv[c]);
                 }
-                acc[j][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(dw, _mm512_set1_ps(b->d)), acc[j][k]);
+                const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(b->d));
+                acc[j][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), dd, acc[j][k]);
             }
         }
     }
     store_tile(W, X, acc, s, ss);
 }
 
-NX_KERNEL(vlm__vec_dot_q6_k_nx_avx512, tile_q6_k, 3, 5)
+NX_KERNEL(vlm__vec_dot_q6_k_nx_avx512, tile_q6_k, 4, 4)
