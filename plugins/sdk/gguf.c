@@ -826,6 +826,9 @@ int vlm_gguf_open(const char *path, struct vlm_gguf **out, struct vlm_diag *diag
     if (map == MAP_FAILED) {
         return vlm_diag_set(diag, -e, "%s: cannot map %zu bytes: %s", path, size, strerror(e));
     }
+    // Start reading the whole file in the background (as llama.cpp does): otherwise the first forward pass
+    // pays for every page fault of the weights, one 4 KiB read at a time.
+    posix_madvise(map, size, POSIX_MADV_WILLNEED);
     return open_impl(map, size, map, path, out, diag);
 }
 
