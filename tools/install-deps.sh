@@ -5,6 +5,7 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
     build-essential cmake pkg-config     # toolchain
     libcmocka-dev                        # unit tests
+    libmsgpack-dev                       # wire protocol (proto/)
     libjpeg62-turbo-dev libpng-dev libwebp-dev   # image decoders
     clang libclang-rt-14-dev             # fuzz targets (libFuzzer) and sanitizer runtimes
 )
