@@ -1,9 +1,12 @@
-// vlm-run: run an LLM from a GGUF file on the command line and stream its answer.
+// vlm-run: run an LLM (optionally with images) from GGUF files on the command line and stream its answer.
 //
 //   vlm-run --model m.gguf -p "Once upon a time" -n 64 [-t THREADS] [--temp 0] ...
+//   vlm-run --model llm.gguf --mmproj mmproj.gguf --image photo.jpg -p "What is in this picture?"
 //
 // The model is loaded through the plugin registered for its architecture (llm-llama for "llama"), exactly
-// as the daemon does it, so what vlm-run prints is what vlmd answers for the same seed.
+// as the daemon does it, so what vlm-run prints is what vlmd answers for the same seed. Images go through the
+// encoder and projector plugins registered for the mmproj file's architecture ("clip"), and their embeddings
+// are spliced into the prompt at `<image>` markers, as LLaVA does it (../shared/docs/gguf-llava.md §7.1).
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,14 +15,18 @@
 #include <unistd.h>
 
 #include "vlm/backend.h"
+#include "vlm/chat.h"
 #include "vlm/generate.h"
 #include "vlm/gguf.h"
+#include "vlm/image.h"
 #include "vlm/log.h"
 #include "vlm/plugin.h"
 #include "vlm/sampler.h"
 #include "vlm/tokenizer.h"
+#include "vlm/vision.h"
 
 #define MAX_STOPS 16
+#define MAX_IMAGES 16
 
 struct options {
     const char *model;
@@ -37,6 +44,11 @@ struct options {
     struct vlm_sampler_params sampling;
     const char *stops[MAX_STOPS];
     int n_stops;
+    const char *mmproj;
+    const char *images[MAX_IMAGES];
+    int n_images;
+    enum vlm_chat_format chat_format;
+    bool encode_only;
 };
 
 static void usage(FILE *f) {
@@ -51,6 +63,18 @@ static void usage(FILE *f) {
             "  -c, --ctx-size N         context positions (default: min(trained context, 4096))\n"
             "      --kv-type f16|f32    KV cache element type (default f16)\n"
             "  -t, --threads N          compute threads (default: number of CPUs)\n"
+            "images:\n"
+            "      --mmproj FILE        vision encoder + projector GGUF (llama.cpp's mmproj layout)\n"
+            "      --image FILE         JPEG, PNG or WebP image (repeatable, up to %d, in prompt order)\n"
+            "      --encode-only        only encode the images and print the timings (no --model needed)\n"
+            "      --chat-format F      auto|vicuna|mistral|none (default auto). vicuna: LLaVA 1.5 \"SYSTEM USER:\n"
+            "                           <image>\\nPROMPT ASSISTANT:\"; mistral: LLaVA 1.6 \"[INST] <image>\\nPROMPT\n"
+            "                           [/INST]\"; none: the prompt as given. auto: none when the prompt already\n"
+            "                           contains %s markers or no image is given; else mistral when the\n"
+            "                           LLM's chat template has [INST] or its name says mistral, vicuna when the\n"
+            "                           name says vicuna, else mistral for anyres (LLaVA 1.6) mmproj files and\n"
+            "                           vicuna otherwise. Without markers, one %s\\n per image goes in front\n"
+            "                           of the prompt, as LLaVA places it.\n"
             "prompt:\n"
             "  -p, --prompt TEXT        the prompt\n"
             "  -f, --file FILE          read the prompt from FILE\n"
@@ -71,7 +95,7 @@ static void usage(FILE *f) {
             "      --json-stats         print timings as one JSON line on stderr\n"
             "  -v, --verbose            log debug detail\n"
             "  -h, --help               this help\n",
-            vlm_plugin_default_dir(), MAX_STOPS);
+            vlm_plugin_default_dir(), MAX_IMAGES, VLM_IMAGE_MARKER, VLM_IMAGE_MARKER, MAX_STOPS);
 }
 
 static bool parse_int(const char *s, long lo, long hi, long *out) {
@@ -109,6 +133,10 @@ static int parse_args(int argc, char **argv, struct options *o) {
         OPT_REPEAT_LAST_N,
         OPT_STOP,
         OPT_JSON_STATS,
+        OPT_MMPROJ,
+        OPT_IMAGE,
+        OPT_CHAT_FORMAT,
+        OPT_ENCODE_ONLY,
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -131,6 +159,10 @@ static int parse_args(int argc, char **argv, struct options *o) {
         {"seed", required_argument, NULL, 's'},
         {"stop", required_argument, NULL, OPT_STOP},
         {"json-stats", no_argument, NULL, OPT_JSON_STATS},
+        {"mmproj", required_argument, NULL, OPT_MMPROJ},
+        {"image", required_argument, NULL, OPT_IMAGE},
+        {"chat-format", required_argument, NULL, OPT_CHAT_FORMAT},
+        {"encode-only", no_argument, NULL, OPT_ENCODE_ONLY},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -234,6 +266,23 @@ static int parse_args(int argc, char **argv, struct options *o) {
         case OPT_JSON_STATS:
             o->json_stats = true;
             break;
+        case OPT_MMPROJ:
+            o->mmproj = optarg;
+            break;
+        case OPT_IMAGE:
+            if (o->n_images == MAX_IMAGES || optarg[0] == 0) {
+                goto bad;
+            }
+            o->images[o->n_images++] = optarg;
+            break;
+        case OPT_ENCODE_ONLY:
+            o->encode_only = true;
+            break;
+        case OPT_CHAT_FORMAT:
+            if (vlm_chat_format_from_name(optarg, &o->chat_format) != 0) {
+                goto bad;
+            }
+            break;
         case 'v':
             vlm_log_set_level(VLM_LOG_DEBUG);
             break;
@@ -247,6 +296,14 @@ static int parse_args(int argc, char **argv, struct options *o) {
     }
     if (optind < argc) {
         fprintf(stderr, "vlm-run: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (o->n_images > 0 && !o->mmproj) {
+        fprintf(stderr, "vlm-run: --image needs the vision model: give it with --mmproj FILE.gguf\n");
+        return -1;
+    }
+    if (o->encode_only && o->n_images == 0) {
+        fprintf(stderr, "vlm-run: --encode-only needs --mmproj FILE.gguf and at least one --image FILE\n");
         return -1;
     }
     return 0;
@@ -333,11 +390,117 @@ static const char *stop_reason_name(enum vlm_stop_reason r) {
     }
 }
 
+// ---- models and prompt formats --------------------------------------------------------------------------------
+
+// What vlm-run needs to know about a GGUF file before loading it.
+struct gguf_probe {
+    char arch[64];
+    char name[128];      // general.name
+    bool has_pinpoints;  // clip.vision.image_grid_pinpoints: an anyres (LLaVA 1.6) mmproj
+    bool template_inst;  // tokenizer.chat_template uses [INST] (Mistral / Llama 2 style)
+};
+
+static int probe_gguf(const char *path, struct gguf_probe *p, struct vlm_diag *diag) {
+    memset(p, 0, sizeof *p);
+    struct vlm_gguf *g;
+    int rc = vlm_gguf_open(path, &g, diag);
+    if (rc) {
+        return rc;
+    }
+    struct vlm_gguf_str s;
+    if (vlm_gguf_get_str(g, "general.architecture", &s, NULL) != 0) {
+        vlm_gguf_close(g);
+        return vlm_diag_set(diag, VLM_EBADMODEL, "%s: no general.architecture key", path);
+    }
+    snprintf(p->arch, sizeof p->arch, "%.*s", (int)(s.len < 63 ? s.len : 63), s.ptr);
+    if (vlm_gguf_get_str(g, "general.name", &s, NULL) == 0) {
+        snprintf(p->name, sizeof p->name, "%.*s", (int)(s.len < 127 ? s.len : 127), s.ptr);
+    }
+    p->has_pinpoints = vlm_gguf_find_key(g, "clip.vision.image_grid_pinpoints") >= 0;
+    if (vlm_gguf_get_str(g, "tokenizer.chat_template", &s, NULL) == 0) {
+        p->template_inst = memmem(s.ptr, s.len, "[INST]", 6) != NULL;
+    }
+    vlm_gguf_close(g);
+    return 0;
+}
+
+// ---- images ----------------------------------------------------------------------------------------------------
+
+// Loads an image file and runs it through the vision chain, logging the stages' timings.
+static int embed_image(const struct vlm_vision *v, const char *path, struct vlm_vision_embedding *out,
+                       struct vlm_diag *diag) {
+    struct vlm_image img = {0};
+    double t0 = vlm_time_ms();
+    int rc = vlm_image_load(path, NULL, &img, diag);
+    if (rc) {
+        return rc;
+    }
+    double t_decode = vlm_time_ms() - t0;
+    rc = vlm_vision_embed(v->enc, v->enc_model, v->proj, v->proj_model, &img, out, diag);
+    if (rc == 0) {
+        vlm_log(VLM_LOG_INFO,
+                "%s: %dx%d, %d tile%s (grid %dx%d) -> %d image tokens | decode %.1f ms, preprocess %.1f ms, "
+                "encode %.1f ms (%.1f ms/tile), project %.1f ms",
+                path, img.width, img.height, out->n_tiles, out->n_tiles == 1 ? "" : "s", out->grid_w, out->grid_h,
+                out->n, t_decode, out->preprocess_ms, out->encode_ms, out->encode_ms / out->n_tiles,
+                out->project_ms);
+    }
+    vlm_image_free(&img);
+    return rc;
+}
+
+static double embedding_ms(const struct vlm_vision_embedding *e) {
+    return e->preprocess_ms + e->encode_ms + e->project_ms;
+}
+
+// --encode-only: the vision half alone (timing an mmproj without its LLM).
+static int encode_only(const struct options *o) {
+    struct vlm_diag diag = {0};
+    struct vlm_backend *be = NULL;
+    struct vlm_vision vis = {0};
+    struct gguf_probe mm;
+    int status = 1;
+    if (probe_gguf(o->mmproj, &mm, &diag) != 0) {
+        fprintf(stderr, "vlm-run: %s\n", diag.msg);
+        return 1;
+    }
+    struct vlm_backend_cpu_params bp = {.n_threads = o->n_threads};
+    if (vlm_backend_cpu_new(&bp, &be, &diag) != 0) {
+        fprintf(stderr, "vlm-run: %s\n", diag.msg);
+        return 1;
+    }
+    struct vlm_host host = {.abi_version = VLM_PLUGIN_ABI_VERSION, .backend = be};
+    if (vlm_vision_open(pick_plugin_dir(o), o->mmproj, &host, 0, &vis, &diag) != 0) {
+        fprintf(stderr, "vlm-run: %s\n", diag.msg);
+        goto out;
+    }
+    for (int i = 0; i < o->n_images; i++) {
+        struct vlm_vision_embedding e = {0};
+        if (embed_image(&vis, o->images[i], &e, &diag) != 0) {
+            fprintf(stderr, "vlm-run: %s\n", diag.msg);
+            goto out;
+        }
+        if (o->json_stats) {
+            fprintf(stderr, "{\"image\":%d,\"image_tokens\":%d,\"encode_ms\":%.3f,\"threads\":%d}\n", i, e.n,
+                    embedding_ms(&e), vlm_backend_n_threads(be));
+        }
+        vlm_vision_embedding_free(&e);
+    }
+    status = 0;
+out:
+    vlm_vision_close(&vis);
+    vlm_backend_free(be);
+    return status;
+}
+
 int main(int argc, char **argv) {
     struct options o = {.n_predict = 128, .kv_type = VLM_TYPE_F16, .sampling = vlm_sampler_default_params()};
     vlm_log_set(log_to_stderr, NULL);
     if (parse_args(argc, argv, &o) != 0) {
         return 2;
+    }
+    if (o.encode_only) {
+        return encode_only(&o);
     }
 #ifdef VLM_SOURCE_DIR
     static const char default_model[] = VLM_SOURCE_DIR "/tests/data/golden/llama-gqa/model-f32.gguf";
@@ -362,33 +525,35 @@ int main(int argc, char **argv) {
         fprintf(stderr, "vlm-run: no prompt: give one with -p TEXT or -f FILE\n");
         return 2;
     }
+    int n_markers = o.n_images > 0 ? vlm_chat_count_markers(prompt) : 0;
+    if (n_markers > 0 && n_markers != o.n_images) {
+        fprintf(stderr, "vlm-run: the prompt has %d %s markers but %d image%s given\n", n_markers, VLM_IMAGE_MARKER,
+                o.n_images, o.n_images == 1 ? " was" : "s were");
+        free(prompt_buf);
+        return 2;
+    }
 
     int status = 1;
     struct vlm_diag diag = {0};
     struct vlm_backend *be = NULL;
     struct vlm_plugin *plugin = NULL;
     struct vlm_llm llm = {0};
+    struct vlm_vision vis = {0};
+    struct vlm_vision_embedding images[MAX_IMAGES] = {{0}};
+    struct vlm_prompt_part parts[2 * MAX_IMAGES + 1];
+    int64_t starts[MAX_IMAGES + 2];
     void *session = NULL;
     int32_t *tokens = NULL;
+    char *text = NULL;
 
-    // Which plugin: the one that lists the file's architecture.
-    char arch[64] = "";
-    struct vlm_gguf *g;
-    if (vlm_gguf_open(o.model, &g, &diag) != 0) {
+    // Which plugins: the ones that list the files' architectures.
+    struct gguf_probe llm_probe, mm_probe = {0};
+    if (probe_gguf(o.model, &llm_probe, &diag) != 0 || (o.mmproj && probe_gguf(o.mmproj, &mm_probe, &diag) != 0)) {
         fprintf(stderr, "vlm-run: %s\n", diag.msg);
         goto out;
     }
-    struct vlm_gguf_str a;
-    if (vlm_gguf_get_str(g, "general.architecture", &a, &diag) != 0) {
-        fprintf(stderr, "vlm-run: %s: no general.architecture key\n", o.model);
-        vlm_gguf_close(g);
-        goto out;
-    }
-    snprintf(arch, sizeof arch, "%.*s", (int)(a.len < 63 ? a.len : 63), a.ptr);
-    vlm_gguf_close(g);
-
     const char *plugin_dir = pick_plugin_dir(&o);
-    if (vlm_plugin_open_for_arch(plugin_dir, VLM_PLUGIN_KIND_LLM, arch, &plugin, &diag) != 0) {
+    if (vlm_plugin_open_for_arch(plugin_dir, VLM_PLUGIN_KIND_LLM, llm_probe.arch, &plugin, &diag) != 0) {
         fprintf(stderr, "vlm-run: %s\n", diag.msg);
         goto out;
     }
@@ -414,20 +579,63 @@ int main(int argc, char **argv) {
              (double)info.n_params / 1e6, vlm_type_name(info.weight_type), t_load, vlm_backend_name(be),
              vlm_backend_n_threads(be));
 
-    const struct vlm_tokenizer *tok = llm.ops->tokenizer(llm.model);
-    size_t plen = strlen(prompt);
-    int64_t n_tok = vlm_tokenize(tok, prompt, plen, !o.no_bos, o.parse_special, NULL, 0);
-    if (n_tok < 0) {
-        fprintf(stderr, "vlm-run: cannot tokenize the prompt: %s\n", vlm_strerror((int)n_tok));
-        goto out;
+    // Images: encode and project each one (in prompt order).
+    double encode_ms = 0;
+    int32_t n_image_tokens = 0;
+    if (o.n_images > 0) {
+        if (vlm_vision_open(plugin_dir, o.mmproj, &host, info.n_embd, &vis, &diag) != 0) {
+            fprintf(stderr, "vlm-run: %s\n", diag.msg);
+            goto out;
+        }
+        for (int i = 0; i < o.n_images; i++) {
+            if (embed_image(&vis, o.images[i], &images[i], &diag) != 0) {
+                fprintf(stderr, "vlm-run: %s\n", diag.msg);
+                goto out;
+            }
+            encode_ms += embedding_ms(&images[i]);
+            n_image_tokens += images[i].n;
+        }
+    } else if (o.mmproj) {
+        vlm_log(VLM_LOG_WARN, "--mmproj given without --image: running text only");
     }
-    tokens = malloc((size_t)(n_tok > 0 ? n_tok : 1) * sizeof *tokens);
-    if (!tokens) {
+
+    enum vlm_chat_format fmt = o.chat_format;
+    if (fmt == VLM_CHAT_AUTO) {
+        fmt = vlm_chat_format_auto(n_markers, o.n_images, llm_probe.name, llm_probe.template_inst,
+                                   o.mmproj && mm_probe.has_pinpoints);
+    }
+    text = vlm_chat_format_prompt(prompt, o.n_images, fmt);
+    if (!text) {
         fprintf(stderr, "vlm-run: out of memory\n");
         goto out;
     }
-    vlm_tokenize(tok, prompt, plen, !o.no_bos, o.parse_special, tokens, n_tok);
-    if (n_tok == 0) {
+    if (o.n_images > 0) {
+        vlm_log(VLM_LOG_INFO, "prompt format: %s%s", vlm_chat_format_name(fmt), o.chat_format == VLM_CHAT_AUTO ? " (auto)" : "");
+    }
+    const struct vlm_tokenizer *tok = llm.ops->tokenizer(llm.model);
+    int n_chunks = vlm_chat_tokenize(tok, text, !o.no_bos, o.parse_special, o.n_images > 0, &tokens, starts,
+                                   MAX_IMAGES + 1);
+    if (n_chunks < 0) {
+        fprintf(stderr, "vlm-run: cannot tokenize the prompt: %s\n", vlm_strerror(n_chunks));
+        goto out;
+    }
+    if (n_chunks != o.n_images + 1) {
+        fprintf(stderr, "vlm-run: internal error: %d prompt chunks for %d images\n", n_chunks, o.n_images);
+        goto out;
+    }
+    int n_parts = 0;
+    int64_t n_total = 0;
+    for (int c = 0; c < n_chunks; c++) {
+        if (starts[c + 1] > starts[c]) {
+            parts[n_parts++] =
+                (struct vlm_prompt_part){.tokens = tokens + starts[c], .n = (int32_t)(starts[c + 1] - starts[c])};
+        }
+        if (c < o.n_images) {
+            parts[n_parts++] = (struct vlm_prompt_part){.embd = images[c].embd, .n = images[c].n};
+        }
+    }
+    n_total = starts[n_chunks] + n_image_tokens;
+    if (n_total == 0) {
         fprintf(stderr, "vlm-run: the prompt is empty\n");
         goto out;
     }
@@ -435,20 +643,19 @@ int main(int argc, char **argv) {
         fprintf(stderr, "vlm-run: %s\n", diag.msg);
         goto out;
     }
-    if (n_tok >= llm.ops->session_n_ctx(session)) {
-        fprintf(stderr, "vlm-run: the prompt has %lld tokens; the context holds %d\n", (long long)n_tok,
-                llm.ops->session_n_ctx(session));
+    if (n_total >= llm.ops->session_n_ctx(session)) {
+        fprintf(stderr, "vlm-run: the prompt has %lld tokens (%d of them image embeddings); the context holds %d\n",
+                (long long)n_total, n_image_tokens, llm.ops->session_n_ctx(session));
         goto out;
     }
     if (o.show_prompt) {
-        fputs(prompt, stdout);
+        fputs(text, stdout);
     }
 
-    struct vlm_prompt_part part = {.tokens = tokens, .n = (int32_t)n_tok};
     struct vlm_generate_params gp = {
         .n_predict = o.n_predict, .sampling = o.sampling, .stops = o.stops, .n_stops = o.n_stops};
     struct vlm_generate_stats st;
-    int rc = vlm_generate(&llm, session, &part, 1, &gp, print_piece, NULL, NULL, 0, &st, &diag);
+    int rc = vlm_generate(&llm, session, parts, n_parts, &gp, print_piece, NULL, NULL, 0, &st, &diag);
     fputc('\n', stdout);
     fflush(stdout);
     if (rc != 0) {
@@ -460,10 +667,14 @@ int main(int argc, char **argv) {
     if (o.json_stats) {
         fprintf(stderr,
                 "{\"prompt_tokens\":%d,\"prefill_ms\":%.3f,\"gen_tokens\":%d,\"decode_evals\":%d,\"decode_ms\":%.3f,"
-                "\"prefill_tps\":%.2f,\"decode_tps\":%.2f,\"threads\":%d,\"stop\":\"%s\"}\n",
+                "\"prefill_tps\":%.2f,\"decode_tps\":%.2f,\"threads\":%d,\"stop\":\"%s\",\"images\":%d,"
+                "\"image_tokens\":%d,\"encode_ms\":%.3f}\n",
                 st.n_prompt, st.prefill_ms, st.n_gen, st.n_decode, st.decode_ms, prefill_tps, decode_tps,
-                vlm_backend_n_threads(be), stop_reason_name(st.stop));
+                vlm_backend_n_threads(be), stop_reason_name(st.stop), o.n_images, n_image_tokens, encode_ms);
     } else {
+        if (o.n_images > 0) {
+            fprintf(stderr, "\nimages: %d (%d tokens) encoded in %.1f ms", o.n_images, n_image_tokens, encode_ms);
+        }
         fprintf(stderr, "\nprompt: %d tokens in %.1f ms (%.1f tok/s) | generation: %d tokens in %.1f ms (%.1f tok/s) "
                         "| %d threads | stop: %s\n",
                 st.n_prompt, st.prefill_ms, prefill_tps, st.n_gen, st.decode_ms, decode_tps, vlm_backend_n_threads(be),
@@ -478,9 +689,14 @@ out:
     if (llm.model) {
         llm.ops->unload(llm.model);
     }
+    for (int i = 0; i < MAX_IMAGES; i++) {
+        vlm_vision_embedding_free(&images[i]);
+    }
+    vlm_vision_close(&vis);
     vlm_plugin_close(plugin);
     vlm_backend_free(be);
     free(tokens);
+    free(text);
     free(prompt_buf);
     return status;
 }
