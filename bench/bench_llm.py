@@ -53,15 +53,18 @@ PROMPT_SOURCE = (
 # vlm-run side
 
 
-def vlm_run_command(binary: str, model: str, prompt: str, n_gen: int, threads: int, extra: list[str]) -> list[str]:
+def vlm_run_command(binary: str, model: str, prompt: str, n_gen: int, threads: int, n_ctx: int,
+                    extra: list[str]) -> list[str]:
     """Command line for one vlm-run measurement; adapt here if vlm-run's flags change."""
-    return [binary, "--model", model, "-p", prompt, "-n", str(n_gen), "-t", str(threads), "--temp", "0",
-            "--json-stats", *extra]
+    return [binary, "--model", model, "-p", prompt, "-n", str(n_gen), "-t", str(threads), "-c", str(n_ctx),
+            "--temp", "0", "--json-stats", *extra]
 
 
 def parse_vlm_stats(text: str) -> dict | None:
     """Last JSON object in vlm-run's output that has the timing keys, e.g.
-    {"prompt_tokens":128,"prefill_ms":812.5,"gen_tokens":64,"decode_ms":2101.3}; None if there is none.
+    {"prompt_tokens":128,"prefill_ms":812.5,"gen_tokens":64,"decode_evals":63,"decode_ms":2101.3,...};
+    None if there is none. decode_n is the number of single-token forward passes that decode_ms covers:
+    decode_evals when given (the first generated token comes from the prefill's logits), else gen_tokens.
     Also accepts key=value lines (prompt_tokens=128 prefill_ms=812.5 ...) in case --stats prints that form."""
     keys = ("prompt_tokens", "prefill_ms", "gen_tokens", "decode_ms")
     found = None
@@ -80,12 +83,17 @@ def parse_vlm_stats(text: str) -> dict | None:
             found = {k: float(v) for k, v in kv.items()}
     if found is None:
         return None
-    return {"prompt_tokens": int(found["prompt_tokens"]), "prefill_ms": float(found["prefill_ms"]),
-            "gen_tokens": int(found["gen_tokens"]), "decode_ms": float(found["decode_ms"])}
+    out = {"prompt_tokens": int(found["prompt_tokens"]), "prefill_ms": float(found["prefill_ms"]),
+           "gen_tokens": int(found["gen_tokens"]), "decode_ms": float(found["decode_ms"]),
+           "decode_n": int(found.get("decode_evals", found["gen_tokens"]))}
+    for k in ("stop", "threads"):
+        if k in found:
+            out[k] = found[k]
+    return out
 
 
-def run_ours(binary: str, model: str, prompt: str, n_gen: int, threads: int, extra: list[str]) -> dict:
-    cmd = vlm_run_command(binary, model, prompt, n_gen, threads, extra)
+def run_ours(binary: str, model: str, prompt: str, n_gen: int, threads: int, n_ctx: int, extra: list[str]) -> dict:
+    cmd = vlm_run_command(binary, model, prompt, n_gen, threads, n_ctx, extra)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - t0
@@ -95,6 +103,7 @@ def run_ours(binary: str, model: str, prompt: str, n_gen: int, threads: int, ext
         raise RuntimeError(f"vlm-run failed (rc {p.returncode}, stats {'found' if st else 'missing'}):\n"
                            f"  {shlex.join(cmd[:3])} ...\n{tail}")
     st["process_wall_s"] = wall
+    st["text"] = p.stdout.strip("\n")
     return st
 
 
@@ -104,7 +113,10 @@ def run_ours(binary: str, model: str, prompt: str, n_gen: int, threads: int, ext
 
 class LlamaCpp:
     def __init__(self, model: str, threads: int, n_ctx: int, n_batch: int):
-        import llama_cpp
+        try:
+            import llama_cpp
+        except ImportError:
+            raise SystemExit("llama_cpp is not installed: see bench/README.md (it also tokenizes the prompt)")
 
         self.lc = llama_cpp
         self.llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
@@ -149,7 +161,8 @@ class LlamaCpp:
         pd = self._perf()
         return {"prompt_tokens": len(prompt_tokens), "prefill_ms": prefill["ms"], "prefill_n": prefill["n"],
                 "prefill_wall_ms": prefill["wall_ms"], "gen_tokens": n_gen, "decode_ms": pd.t_eval_ms,
-                "decode_n": pd.n_eval, "decode_wall_ms": (t1 - t0) * 1e3, "gen_ids": gen[:16]}
+                "decode_n": pd.n_eval, "decode_wall_ms": (t1 - t0) * 1e3, "gen_ids": gen,
+                "text": self.detokenize(gen)}
 
     def close(self):
         self.llm.close()
@@ -260,7 +273,7 @@ def summarize(runs: list[dict]) -> dict:
     if not runs:
         return {}
     pf = [rate(r["prompt_tokens"], r["prefill_ms"]) for r in runs]
-    dc = [rate(r["gen_tokens"], r["decode_ms"]) for r in runs]
+    dc = [rate(r["decode_n"], r["decode_ms"]) for r in runs]
     return {"prefill_tok_s": statistics.median(pf), "decode_tok_s": statistics.median(dc),
             "prefill_tok_s_all": pf, "decode_tok_s_all": dc,
             "prompt_tokens": runs[0]["prompt_tokens"], "gen_tokens": runs[0]["gen_tokens"],
@@ -351,7 +364,7 @@ def main(argv: list[str]) -> int:
                     waited = wait_quiet(a.quiet_cpus, a.max_wait)
                     with ForeignLoad() as load:
                         if eng == "ours":
-                            cand = run_ours(a.vlm_run, model, text, a.gen_tokens, a.threads, extra)
+                            cand = run_ours(a.vlm_run, model, text, a.gen_tokens, a.threads, a.n_ctx, extra)
                         else:
                             cand = ll.run(toks, a.gen_tokens)
                     cand["foreign_cpus"], cand["waited_s"], cand["attempt"] = load.cpus, waited, attempt
@@ -366,7 +379,7 @@ def main(argv: list[str]) -> int:
                     runs[eng].append(r)
                 print(f"  {'warmup' if rep < 0 else f'rep {rep}'} {eng}: prefill "
                       f"{rate(r['prompt_tokens'], r['prefill_ms']):.2f} t/s, decode "
-                      f"{rate(r['gen_tokens'], r['decode_ms']):.2f} t/s, other processes "
+                      f"{rate(r['decode_n'], r['decode_ms']):.2f} t/s, other processes "
                       f"{load.cpus:.2f} CPUs", file=sys.stderr, flush=True)
         ll.close()
         res = {"model": model, "model_name": name, "size_mib": os.path.getsize(model) / 2**20,
@@ -374,6 +387,16 @@ def main(argv: list[str]) -> int:
         for eng in order:
             res[eng] = summarize(runs[eng])
             res[eng]["runs"] = runs[eng]
+        if runs["ours"] and runs["llama.cpp"]:
+            # Same weights, both greedy: the texts should agree for a while (random weights give flat logits, so
+            # an early divergence is a hint, not proof, of a numerical difference).
+            ours_t, theirs_t = runs["ours"][0]["text"], runs["llama.cpp"][0]["text"]
+            n = 0
+            while n < min(len(ours_t), len(theirs_t)) and ours_t[n] == theirs_t[n]:
+                n += 1
+            res["greedy_text_common_prefix_chars"] = n
+            print(f"  greedy texts agree on the first {n} chars (ours {len(ours_t)}, llama.cpp {len(theirs_t)})",
+                  file=sys.stderr)
         results.append(res)
 
     doc = {"machine": info, "settings": {k: v for k, v in vars(a).items() if k != "models"},
