@@ -1,6 +1,6 @@
 // GGUF reader: valid fixtures read back value by value, a corpus of corrupt files with expected messages, OS-level
 // open errors, size caps, and a deterministic mutation sweep (every variant must open or fail cleanly).
-// Fixtures come from tools/make-gguf-fixtures.py; the expected values below mirror that script.
+// Fixtures come from tools/make_gguf_fixtures.py; the expected values below mirror that script.
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>

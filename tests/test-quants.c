@@ -1,5 +1,5 @@
 // Type table and reference converters: dequantizers against gguf-py's golden vectors (tests/data/quants, made by
-// tools/make-quant-vectors.py), quantizers byte-for-byte against gguf-py's quantize, and properties of the
+// tools/make_quant_vectors.py), quantizers byte-for-byte against gguf-py's quantize, and properties of the
 // activation quantizers gguf-py lacks (Q8_1, Q8_K).
 #include "test-util.h"
 

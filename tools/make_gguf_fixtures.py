@@ -11,7 +11,7 @@ Corrupt files: corrupt/*.gguf, each packed by hand with struct, and corrupt/MANI
   filename<TAB>substring the reader's error message must contain
 
 The values are mirrored in tests/test-gguf.c; change both together. CI does not run this script: the outputs are
-committed. Usage: python3 tools/make-gguf-fixtures.py [--out tests/data/gguf]
+committed. Usage: python3 tools/make_gguf_fixtures.py [--out tests/data/gguf]
 """
 
 import argparse

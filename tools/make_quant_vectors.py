@@ -8,7 +8,7 @@ One file per type, tests/data/quants/<NAME>.bin, little-endian:
     u8  blocks[row_size(n)]   (gguf-py's quantize(input), or random valid blocks when gguf-py cannot quantize)
     f32 expected[n]           (gguf-py's dequantize(blocks))
 
-Usage: python3 tools/make-quant-vectors.py [out_dir]   (default tests/data/quants)
+Usage: python3 tools/make_quant_vectors.py [out_dir]   (default tests/data/quants)
 """
 import os
 import struct
