@@ -114,6 +114,9 @@ VLM_API const struct vlm_gguf_tensor *vlm_gguf_find_tensor(const struct vlm_gguf
 
 VLM_API const char *vlm_gguf_type_name(enum vlm_gguf_type t);
 
+// True when the file string equals the NUL-terminated `lit`.
+VLM_API bool vlm_gguf_str_eq(struct vlm_gguf_str s, const char *lit);
+
 #ifdef __cplusplus
 }
 #endif

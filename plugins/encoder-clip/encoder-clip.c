@@ -20,6 +20,7 @@
 #include "vlm/gguf.h"
 #include "vlm/log.h"
 #include "vlm/plugin.h"
+#include "vlm/weights.h"
 #include "vlm/preprocess.h"
 
 #define CLIP_MAX_LAYERS 256
@@ -97,45 +98,16 @@ struct clip_model {
 
 // ---- loading -------------------------------------------------------------------------------------------------
 
-static int get_i32(const struct vlm_gguf *g, const char *key, int32_t *out, int32_t lo, int32_t hi, bool required,
-                   struct vlm_diag *diag) {
-    int64_t v;
-    int rc = vlm_gguf_get_int(g, key, &v, diag);
-    if (rc == VLM_ENOENT) {
-        return required ? vlm_diag_set(diag, VLM_EBADMODEL, "%s: missing required key '%s'", vlm_gguf_path(g), key)
-                        : 0;
-    }
-    if (rc) {
-        return rc;
-    }
-    if (v < lo || v > hi) {
-        return vlm_diag_set(diag, VLM_EBADMODEL, "%s: key '%s' = %lld is outside [%d, %d]", vlm_gguf_path(g), key,
-                            (long long)v, lo, hi);
-    }
-    *out = (int32_t)v;
-    return 0;
-}
-
-static int get_bool(const struct vlm_gguf *g, const char *key, bool *out, struct vlm_diag *diag) {
-    int rc = vlm_gguf_get_bool(g, key, out, diag);
-    return rc == VLM_ENOENT ? 0 : rc;
-}
-
-static bool str_is(struct vlm_gguf_str s, const char *lit) {
-    size_t n = strlen(lit);
-    return s.len == n && !memcmp(s.ptr, lit, n);
-}
-
 static int load_hparams(const struct vlm_gguf *g, struct clip_hparams *hp, struct vlm_diag *diag) {
     const char *path = vlm_gguf_path(g);
     memset(hp, 0, sizeof *hp);
     int rc;
-    if ((rc = get_i32(g, "clip.vision.image_size", &hp->image_size, 1, CLIP_MAX_IMAGE, true, diag)) ||
-        (rc = get_i32(g, "clip.vision.patch_size", &hp->patch_size, 1, CLIP_MAX_IMAGE, true, diag)) ||
-        (rc = get_i32(g, "clip.vision.embedding_length", &hp->n_embd, 1, CLIP_MAX_EMBD, true, diag)) ||
-        (rc = get_i32(g, "clip.vision.feed_forward_length", &hp->n_ff, 1, CLIP_MAX_FF, true, diag)) ||
-        (rc = get_i32(g, "clip.vision.attention.head_count", &hp->n_head, 1, CLIP_MAX_EMBD, true, diag)) ||
-        (rc = get_i32(g, "clip.vision.block_count", &hp->n_layer, 1, CLIP_MAX_LAYERS, true, diag))) {
+    if ((rc = vlm_hparam_i32(g, "clip.vision.image_size", 1, CLIP_MAX_IMAGE, true, &hp->image_size, diag)) ||
+        (rc = vlm_hparam_i32(g, "clip.vision.patch_size", 1, CLIP_MAX_IMAGE, true, &hp->patch_size, diag)) ||
+        (rc = vlm_hparam_i32(g, "clip.vision.embedding_length", 1, CLIP_MAX_EMBD, true, &hp->n_embd, diag)) ||
+        (rc = vlm_hparam_i32(g, "clip.vision.feed_forward_length", 1, CLIP_MAX_FF, true, &hp->n_ff, diag)) ||
+        (rc = vlm_hparam_i32(g, "clip.vision.attention.head_count", 1, CLIP_MAX_EMBD, true, &hp->n_head, diag)) ||
+        (rc = vlm_hparam_i32(g, "clip.vision.block_count", 1, CLIP_MAX_LAYERS, true, &hp->n_layer, diag))) {
         return rc;
     }
     if (hp->patch_size > hp->image_size) {
@@ -168,7 +140,7 @@ static int load_hparams(const struct vlm_gguf *g, struct clip_hparams *hp, struc
     // CLIP's MLP activation: quick-GELU unless the file says GELU (transformers' "gelu" is the exact erf form)
     // or SiLU.
     bool use_gelu = false, use_silu = false;
-    if ((rc = get_bool(g, "clip.use_gelu", &use_gelu, diag)) || (rc = get_bool(g, "clip.use_silu", &use_silu, diag))) {
+    if ((rc = vlm_hparam_bool(g, "clip.use_gelu", &use_gelu, diag)) || (rc = vlm_hparam_bool(g, "clip.use_silu", &use_silu, diag))) {
         return rc;
     }
     if (use_gelu && use_silu) {
@@ -203,7 +175,7 @@ static int load_hparams(const struct vlm_gguf *g, struct clip_hparams *hp, struc
             }
         } else {
             int32_t k = 0;
-            if ((rc = get_i32(g, "clip.vision.feature_layer", &k, 0, hp->n_layer, true, diag))) {
+            if ((rc = vlm_hparam_i32(g, "clip.vision.feature_layer", 0, hp->n_layer, true, &k, diag))) {
                 return rc;
             }
             hp->n_feat = 1;
@@ -217,48 +189,10 @@ static int load_hparams(const struct vlm_gguf *g, struct clip_hparams *hp, struc
     return 0;
 }
 
-// Looks up a tensor and checks its shape (ne1..ne3 given as 1 when unused) and type, then hands it to the backend.
-// A missing optional tensor leaves `out` zeroed (data NULL).
 static int load_tensor4(struct clip_model *m, const char *name, const int64_t want[4], bool required,
                         bool weight_matrix, struct vlm_tensor *out, struct vlm_diag *diag) {
-    const char *path = vlm_gguf_path(m->gguf);
-    const struct vlm_gguf_tensor *t = vlm_gguf_find_tensor(m->gguf, name);
-    memset(out, 0, sizeof *out);
-    if (!t) {
-        return required ? vlm_diag_set(diag, VLM_EBADMODEL, "%s: missing tensor '%s'", path, name) : 0;
-    }
-    if (t->ne[0] != want[0] || t->ne[1] != want[1] || t->ne[2] != want[2] || t->ne[3] != want[3]) {
-        return vlm_diag_set(diag, VLM_EBADMODEL,
-                            "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, %lld]",
-                            path, name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
-                            (long long)t->ne[3], (long long)want[0], (long long)want[1], (long long)want[2],
-                            (long long)want[3]);
-    }
-    if (weight_matrix) {
-        if (!vlm_backend_supports_type(m->be, t->type)) {
-            return vlm_diag_set(diag, VLM_EUNSUPPORTED, "%s: tensor '%s' has type %s, which backend %s cannot use",
-                                path, name, vlm_type_name(t->type), vlm_backend_name(m->be));
-        }
-    } else if (t->type != VLM_TYPE_F32) {
-        return vlm_diag_set(diag, VLM_EBADMODEL, "%s: tensor '%s' has type %s, expected F32", path, name,
-                            vlm_type_name(t->type));
-    }
-    // Matrices are handed to the backend as 2-D: [ne0 * ne1 * ne2, ne3] for the 4-D patch kernel.
-    int64_t rows = want[3] > 1 ? want[3] : want[1] * want[2];
-    int64_t cols = want[3] > 1 ? want[0] * want[1] * want[2] : want[0];
-    if (weight_matrix && cols % vlm_type_traits(t->type)->blck_size) {
-        return vlm_diag_set(diag, VLM_EUNSUPPORTED, "%s: tensor '%s' has rows of %lld elements, not a whole number "
-                            "of %s blocks", path, name, (long long)cols, vlm_type_name(t->type));
-    }
-    struct vlm_tensor desc = vlm_tensor_make(t->type, cols, rows, 1, 1);
-    desc.name = t->name;
-    int rc = vlm_tensor_from_host(m->be, &desc, t->data, out);
-    if (rc) {
-        return vlm_diag_set(diag, rc, "%s: cannot place tensor '%s' on backend %s", path, name,
-                            vlm_backend_name(m->be));
-    }
-    out->name = t->name;
-    return 0;
+    unsigned flags = (required ? VLM_WEIGHT_REQUIRED : 0u) | (weight_matrix ? VLM_WEIGHT_MATRIX : 0u);
+    return vlm_weight_load(m->be, m->gguf, name, want, flags, out, diag);
 }
 
 static int load_tensor(struct clip_model *m, const char *name, int64_t ne0, int64_t ne1, bool required,
@@ -371,12 +305,12 @@ static int clip_load(const struct vlm_host *host, const char *path, void **out, 
         return rc;
     }
     struct vlm_gguf_str arch;
-    if (vlm_gguf_get_str(m->gguf, "general.architecture", &arch, diag) != 0 || !str_is(arch, "clip")) {
+    if (vlm_gguf_get_str(m->gguf, "general.architecture", &arch, diag) != 0 || !vlm_gguf_str_eq(arch, "clip")) {
         rc = vlm_diag_set(diag, VLM_EUNSUPPORTED, "%s: general.architecture is not 'clip'", path);
         goto err;
     }
     bool has_vision = false;
-    if ((rc = get_bool(m->gguf, "clip.has_vision_encoder", &has_vision, diag))) {
+    if ((rc = vlm_hparam_bool(m->gguf, "clip.has_vision_encoder", &has_vision, diag))) {
         goto err;
     }
     if (!has_vision) {

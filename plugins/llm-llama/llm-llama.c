@@ -17,6 +17,7 @@
 #include "vlm/log.h"
 #include "vlm/plugin.h"
 #include "vlm/tokenizer.h"
+#include "vlm/weights.h"
 
 #define LLAMA_MAX_LAYERS 1024   // refuse absurd block counts before sizing arrays by them
 #define LLAMA_MAX_EMBD (1 << 17)
@@ -87,60 +88,6 @@ struct llama_session {
 
 // ---- loading -------------------------------------------------------------------------------------------------
 
-static int get_i32(const struct vlm_gguf *g, const char *key, int32_t *out, int32_t lo, int32_t hi, bool required,
-                   struct vlm_diag *diag) {
-    int64_t v;
-    int rc = vlm_gguf_get_int(g, key, &v, diag);
-    if (rc == VLM_ENOENT) {
-        if (required) {
-            return vlm_diag_set(diag, VLM_EBADMODEL, "%s: missing required key '%s'", vlm_gguf_path(g), key);
-        }
-        return 0;
-    }
-    if (rc == VLM_EBADMODEL) {
-        // Per-layer arrays (e.g. head_count): accept them when every layer has the same value.
-        int64_t idx = vlm_gguf_find_key(g, key);
-        enum vlm_gguf_type et;
-        uint64_t n;
-        if (idx < 0 || vlm_gguf_kv_array(g, idx, &et, &n) != 0 || n == 0) {
-            return rc;
-        }
-        double first = 0, cur = 0;
-        vlm_gguf_array_get_num(g, idx, 0, &first);
-        for (uint64_t i = 1; i < n; i++) {
-            if (vlm_gguf_array_get_num(g, idx, i, &cur) != 0 || cur != first) {
-                return vlm_diag_set(diag, VLM_EUNSUPPORTED, "%s: key '%s' varies per layer; not supported",
-                                    vlm_gguf_path(g), key);
-            }
-        }
-        v = (int64_t)first;
-    } else if (rc) {
-        return rc;
-    }
-    if (v < lo || v > hi) {
-        return vlm_diag_set(diag, VLM_EBADMODEL, "%s: key '%s' = %lld is outside [%d, %d]", vlm_gguf_path(g), key,
-                            (long long)v, lo, hi);
-    }
-    *out = (int32_t)v;
-    return 0;
-}
-
-static int get_f32(const struct vlm_gguf *g, const char *key, float *out, struct vlm_diag *diag) {
-    double v;
-    int rc = vlm_gguf_get_float(g, key, &v, diag);
-    if (rc == VLM_ENOENT) {
-        return 0;
-    }
-    if (rc) {
-        return rc;
-    }
-    if (!isfinite(v)) {
-        return vlm_diag_set(diag, VLM_EBADMODEL, "%s: key '%s' is not a finite number", vlm_gguf_path(g), key);
-    }
-    *out = (float)v;
-    return 0;
-}
-
 static int load_hparams(const struct vlm_gguf *g, struct llama_hparams *hp, struct vlm_diag *diag) {
     const char *path = vlm_gguf_path(g);
     memset(hp, 0, sizeof *hp);
@@ -148,25 +95,25 @@ static int load_hparams(const struct vlm_gguf *g, struct llama_hparams *hp, stru
     hp->rope_base = 10000.0f;
     hp->rope_scale = 1.0f;
     int rc;
-    if ((rc = get_i32(g, "llama.embedding_length", &hp->n_embd, 1, LLAMA_MAX_EMBD, true, diag)) ||
-        (rc = get_i32(g, "llama.block_count", &hp->n_layer, 1, LLAMA_MAX_LAYERS, true, diag)) ||
-        (rc = get_i32(g, "llama.feed_forward_length", &hp->n_ff, 1, 1 << 20, true, diag)) ||
-        (rc = get_i32(g, "llama.attention.head_count", &hp->n_head, 1, 4096, true, diag))) {
+    if ((rc = vlm_hparam_i32(g, "llama.embedding_length", 1, LLAMA_MAX_EMBD, true, &hp->n_embd, diag)) ||
+        (rc = vlm_hparam_i32(g, "llama.block_count", 1, LLAMA_MAX_LAYERS, true, &hp->n_layer, diag)) ||
+        (rc = vlm_hparam_i32(g, "llama.feed_forward_length", 1, 1 << 20, true, &hp->n_ff, diag)) ||
+        (rc = vlm_hparam_i32(g, "llama.attention.head_count", 1, 4096, true, &hp->n_head, diag))) {
         return rc;
     }
     hp->n_head_kv = hp->n_head;
     hp->n_ctx_train = LLAMA_DEFAULT_CTX;
     hp->head_dim = hp->n_embd / hp->n_head;
-    if ((rc = get_i32(g, "llama.attention.head_count_kv", &hp->n_head_kv, 1, hp->n_head, false, diag)) ||
-        (rc = get_i32(g, "llama.context_length", &hp->n_ctx_train, 1, 1 << 24, false, diag)) ||
-        (rc = get_i32(g, "llama.attention.key_length", &hp->head_dim, 1, 1 << 14, false, diag)) ||
-        (rc = get_i32(g, "llama.attention.sliding_window", &hp->window, 0, 1 << 24, false, diag)) ||
-        (rc = get_f32(g, "llama.attention.layer_norm_rms_epsilon", &hp->eps, diag)) ||
-        (rc = get_f32(g, "llama.rope.freq_base", &hp->rope_base, diag))) {
+    if ((rc = vlm_hparam_i32(g, "llama.attention.head_count_kv", 1, hp->n_head, false, &hp->n_head_kv, diag)) ||
+        (rc = vlm_hparam_i32(g, "llama.context_length", 1, 1 << 24, false, &hp->n_ctx_train, diag)) ||
+        (rc = vlm_hparam_i32(g, "llama.attention.key_length", 1, 1 << 14, false, &hp->head_dim, diag)) ||
+        (rc = vlm_hparam_i32(g, "llama.attention.sliding_window", 0, 1 << 24, false, &hp->window, diag)) ||
+        (rc = vlm_hparam_f32(g, "llama.attention.layer_norm_rms_epsilon", &hp->eps, diag)) ||
+        (rc = vlm_hparam_f32(g, "llama.rope.freq_base", &hp->rope_base, diag))) {
         return rc;
     }
     int32_t value_length = hp->head_dim;
-    if ((rc = get_i32(g, "llama.attention.value_length", &value_length, 1, 1 << 14, false, diag))) {
+    if ((rc = vlm_hparam_i32(g, "llama.attention.value_length", 1, 1 << 14, false, &value_length, diag))) {
         return rc;
     }
     if (value_length != hp->head_dim) {
@@ -174,7 +121,7 @@ static int load_hparams(const struct vlm_gguf *g, struct llama_hparams *hp, stru
                             hp->head_dim, value_length);
     }
     hp->n_rot = hp->head_dim;
-    if ((rc = get_i32(g, "llama.rope.dimension_count", &hp->n_rot, 2, hp->head_dim, false, diag))) {
+    if ((rc = vlm_hparam_i32(g, "llama.rope.dimension_count", 2, hp->head_dim, false, &hp->n_rot, diag))) {
         return rc;
     }
     if (hp->n_rot % 2) {
@@ -192,8 +139,8 @@ static int load_hparams(const struct vlm_gguf *g, struct llama_hparams *hp, stru
                             (int)(st.len > 32 ? 32 : st.len), st.ptr);
     }
     float factor = 1.0f;
-    if ((rc = get_f32(g, "llama.rope.scale_linear", &factor, diag)) ||
-        (rc = get_f32(g, "llama.rope.scaling.factor", &factor, diag))) {
+    if ((rc = vlm_hparam_f32(g, "llama.rope.scale_linear", &factor, diag)) ||
+        (rc = vlm_hparam_f32(g, "llama.rope.scaling.factor", &factor, diag))) {
         return rc;
     }
     if (factor > 0.0f) {
@@ -205,43 +152,16 @@ static int load_hparams(const struct vlm_gguf *g, struct llama_hparams *hp, stru
     return 0;
 }
 
-// Looks up a tensor, checks its shape and type, and hands it to the backend. Missing optional tensors leave
-// `out` zeroed (data NULL).
+// Loads one weight (vlm_weight_load_2d) and counts it in the model's info.
 static int load_tensor(struct llama_model *m, const char *name, int64_t ne0, int64_t ne1, bool required,
                        bool weight_matrix, struct vlm_tensor *out, struct vlm_diag *diag) {
-    const char *path = vlm_gguf_path(m->gguf);
-    const struct vlm_gguf_tensor *t = vlm_gguf_find_tensor(m->gguf, name);
-    memset(out, 0, sizeof *out);
-    if (!t) {
-        return required ? vlm_diag_set(diag, VLM_EBADMODEL, "%s: missing tensor '%s'", path, name) : 0;
+    unsigned flags = (required ? VLM_WEIGHT_REQUIRED : 0u) | (weight_matrix ? VLM_WEIGHT_MATRIX : 0u);
+    int rc = vlm_weight_load_2d(m->be, m->gguf, name, ne0, ne1, flags, out, diag);
+    if (rc == 0 && out->data) {
+        m->info.n_params += (uint64_t)vlm_tensor_nelements(out);
+        m->info.weight_bytes += vlm_tensor_nbytes(out);
     }
-    int64_t want1 = ne1 > 0 ? ne1 : 1;
-    if (t->ne[0] != ne0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1) {
-        return vlm_diag_set(diag, VLM_EBADMODEL,
-                            "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", path, name,
-                            (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
-                            (long long)ne0, (long long)want1);
-    }
-    if (weight_matrix) {
-        if (!vlm_backend_supports_type(m->be, t->type)) {
-            return vlm_diag_set(diag, VLM_EUNSUPPORTED, "%s: tensor '%s' has type %s, which backend %s cannot use",
-                                path, name, vlm_type_name(t->type), vlm_backend_name(m->be));
-        }
-    } else if (t->type != VLM_TYPE_F32) {
-        return vlm_diag_set(diag, VLM_EBADMODEL, "%s: tensor '%s' has type %s, expected F32", path, name,
-                            vlm_type_name(t->type));
-    }
-    struct vlm_tensor desc = vlm_tensor_make(t->type, t->ne[0], t->ne[1], 1, 1);
-    desc.name = t->name;
-    int rc = vlm_tensor_from_host(m->be, &desc, t->data, out);
-    if (rc) {
-        return vlm_diag_set(diag, rc, "%s: cannot place tensor '%s' on backend %s", path, name,
-                            vlm_backend_name(m->be));
-    }
-    out->name = t->name;
-    m->info.n_params += (uint64_t)vlm_tensor_nelements(out);
-    m->info.weight_bytes += t->size;
-    return 0;
+    return rc;
 }
 
 static void model_free(struct llama_model *m) {
@@ -303,7 +223,7 @@ static int llama_load(const struct vlm_host *host, const char *path, const struc
     struct llama_hparams *hp = &m->hp;
     hp->n_vocab = vlm_tokenizer_n_vocab(m->tok);
     int32_t n_vocab_key = hp->n_vocab;
-    if ((rc = get_i32(m->gguf, "llama.vocab_size", &n_vocab_key, 1, 1 << 24, false, diag))) {
+    if ((rc = vlm_hparam_i32(m->gguf, "llama.vocab_size", 1, 1 << 24, false, &n_vocab_key, diag))) {
         goto err;
     }
     const int64_t n_q = (int64_t)hp->n_head * hp->head_dim;

@@ -19,6 +19,7 @@
 #include "vlm/gguf.h"
 #include "vlm/log.h"
 #include "vlm/plugin.h"
+#include "vlm/weights.h"
 #include "vlm/preprocess.h"
 
 #define PROJ_MAX_EMBD (1 << 17)
@@ -53,44 +54,10 @@ struct proj_model {
     struct vlm_tensor out; // [n_out, chunk]
 };
 
-static bool str_is(struct vlm_gguf_str s, const char *lit) {
-    size_t n = strlen(lit);
-    return s.len == n && !memcmp(s.ptr, lit, n);
-}
-
 static int load_tensor(struct proj_model *m, const char *name, int64_t ne0, int64_t ne1, bool required,
                        bool weight_matrix, struct vlm_tensor *out, struct vlm_diag *diag) {
-    const char *path = vlm_gguf_path(m->gguf);
-    const struct vlm_gguf_tensor *t = vlm_gguf_find_tensor(m->gguf, name);
-    memset(out, 0, sizeof *out);
-    if (!t) {
-        return required ? vlm_diag_set(diag, VLM_EBADMODEL, "%s: missing tensor '%s'", path, name) : 0;
-    }
-    int64_t want1 = ne1 > 0 ? ne1 : 1;
-    if (t->ne[0] != ne0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1) {
-        return vlm_diag_set(diag, VLM_EBADMODEL,
-                            "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", path, name,
-                            (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
-                            (long long)ne0, (long long)want1);
-    }
-    if (weight_matrix) {
-        if (!vlm_backend_supports_type(m->be, t->type)) {
-            return vlm_diag_set(diag, VLM_EUNSUPPORTED, "%s: tensor '%s' has type %s, which backend %s cannot use",
-                                path, name, vlm_type_name(t->type), vlm_backend_name(m->be));
-        }
-    } else if (t->type != VLM_TYPE_F32) {
-        return vlm_diag_set(diag, VLM_EBADMODEL, "%s: tensor '%s' has type %s, expected F32", path, name,
-                            vlm_type_name(t->type));
-    }
-    struct vlm_tensor desc = vlm_tensor_make(t->type, t->ne[0], t->ne[1], 1, 1);
-    desc.name = t->name;
-    int rc = vlm_tensor_from_host(m->be, &desc, t->data, out);
-    if (rc) {
-        return vlm_diag_set(diag, rc, "%s: cannot place tensor '%s' on backend %s", path, name,
-                            vlm_backend_name(m->be));
-    }
-    out->name = t->name;
-    return 0;
+    unsigned flags = (required ? VLM_WEIGHT_REQUIRED : 0u) | (weight_matrix ? VLM_WEIGHT_MATRIX : 0u);
+    return vlm_weight_load_2d(m->be, m->gguf, name, ne0, ne1, flags, out, diag);
 }
 
 static void model_free(struct proj_model *m) {
@@ -152,7 +119,7 @@ static int proj_load(const struct vlm_host *host, const char *path, void **out, 
         return rc;
     }
     struct vlm_gguf_str s;
-    if (vlm_gguf_get_str(m->gguf, "general.architecture", &s, diag) != 0 || !str_is(s, "clip")) {
+    if (vlm_gguf_get_str(m->gguf, "general.architecture", &s, diag) != 0 || !vlm_gguf_str_eq(s, "clip")) {
         rc = vlm_diag_set(diag, VLM_EUNSUPPORTED, "%s: general.architecture is not 'clip'", path);
         goto err;
     }
@@ -164,9 +131,9 @@ static int proj_load(const struct vlm_host *host, const char *path, void **out, 
         rc = vlm_gguf_get_str(m->gguf, "clip.vision.projector_type", &s, diag);
     }
     if (rc == 0) {
-        if (str_is(s, "linear")) {
+        if (vlm_gguf_str_eq(s, "linear")) {
             m->kind = PROJ_LINEAR;
-        } else if (!str_is(s, "mlp")) {
+        } else if (!vlm_gguf_str_eq(s, "mlp")) {
             rc = vlm_diag_set(diag, VLM_EUNSUPPORTED, "%s: projector type '%.*s' is not supported (mlp, linear)", path,
                               (int)(s.len < 32 ? s.len : 32), s.ptr);
             goto err;
@@ -210,11 +177,11 @@ static int proj_load(const struct vlm_host *host, const char *path, void **out, 
         m->merge = m->newline ? MERGE_SPATIAL_UNPAD : MERGE_FLAT;
     } else if (rc) {
         goto err;
-    } else if (str_is(s, "flat")) {
+    } else if (vlm_gguf_str_eq(s, "flat")) {
         m->merge = MERGE_FLAT;
-    } else if (str_is(s, "spatial")) {
+    } else if (vlm_gguf_str_eq(s, "spatial")) {
         m->merge = MERGE_SPATIAL;
-    } else if (str_is(s, "spatial_unpad")) {
+    } else if (vlm_gguf_str_eq(s, "spatial_unpad")) {
         m->merge = MERGE_SPATIAL_UNPAD;
         if (!m->newline) {
             rc = vlm_diag_set(diag, VLM_EBADMODEL, "%s: merge type spatial_unpad needs tensor 'model.image_newline'",

@@ -1060,3 +1060,8 @@ const struct vlm_gguf_tensor *vlm_gguf_find_tensor(const struct vlm_gguf *g, con
     int64_t i = tensor_lookup(g, name, strlen(name));
     return i >= 0 ? &g->tensors[i] : NULL;
 }
+
+bool vlm_gguf_str_eq(struct vlm_gguf_str s, const char *lit) {
+    size_t n = strlen(lit);
+    return s.len == n && (n == 0 || memcmp(s.ptr, lit, n) == 0);
+}
