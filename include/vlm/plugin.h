@@ -160,6 +160,16 @@ struct vlm_plugin_desc {
 
 typedef const struct vlm_plugin_desc *(*vlm_plugin_query_fn)(void);
 
+// Exports the two symbols the loader looks for, for a plugin whose descriptor is the static `desc`:
+//   static const struct vlm_plugin_desc my_desc = {...};
+//   VLM_PLUGIN_EXPORT(my_desc)
+#define VLM_PLUGIN_EXPORT(desc)                                                                                   \
+    VLM_API const uint32_t vlm_plugin_abi_version = VLM_PLUGIN_ABI_VERSION;                                      \
+    VLM_API const struct vlm_plugin_desc *vlm_plugin_query(void);                                                \
+    const struct vlm_plugin_desc *vlm_plugin_query(void) {                                                       \
+        return &(desc);                                                                                          \
+    }
+
 // ---- host side: loading plugins ----------------------------------------------------------------------------
 
 struct vlm_plugin; // an opened plugin (dlopen handle + descriptor)

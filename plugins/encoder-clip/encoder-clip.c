@@ -726,9 +726,4 @@ static const struct vlm_plugin_desc clip_desc = {
     .encoder = &clip_ops,
 };
 
-VLM_API const uint32_t vlm_plugin_abi_version = VLM_PLUGIN_ABI_VERSION;
-
-VLM_API const struct vlm_plugin_desc *vlm_plugin_query(void);
-const struct vlm_plugin_desc *vlm_plugin_query(void) {
-    return &clip_desc;
-}
+VLM_PLUGIN_EXPORT(clip_desc)

@@ -569,9 +569,4 @@ static const struct vlm_plugin_desc llama_desc = {
     .llm = &llama_ops,
 };
 
-VLM_API const uint32_t vlm_plugin_abi_version = VLM_PLUGIN_ABI_VERSION;
-
-VLM_API const struct vlm_plugin_desc *vlm_plugin_query(void);
-const struct vlm_plugin_desc *vlm_plugin_query(void) {
-    return &llama_desc;
-}
+VLM_PLUGIN_EXPORT(llama_desc)

@@ -397,9 +397,4 @@ static const struct vlm_plugin_desc proj_desc = {
     .projector = &proj_ops,
 };
 
-VLM_API const uint32_t vlm_plugin_abi_version = VLM_PLUGIN_ABI_VERSION;
-
-VLM_API const struct vlm_plugin_desc *vlm_plugin_query(void);
-const struct vlm_plugin_desc *vlm_plugin_query(void) {
-    return &proj_desc;
-}
+VLM_PLUGIN_EXPORT(proj_desc)
