@@ -6,6 +6,7 @@ packages=(
     build-essential cmake pkg-config     # toolchain
     libcmocka-dev                        # unit tests
     libmsgpack-dev                       # wire protocol (proto/)
+    libuv1-dev libinih-dev               # the daemon: event loop, config file
     libjpeg62-turbo-dev libpng-dev libwebp-dev   # image decoders
     clang libclang-rt-14-dev             # fuzz targets (libFuzzer) and sanitizer runtimes
 )

@@ -1,0 +1,330 @@
+// The socket side, on the loop thread: listening on the Unix socket, accepting clients, feeding their bytes to
+// the bounded protocol reader, and writing answers with a cap on what one client may leave unread.
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "daemon/vlmd.h"
+
+struct write_req {
+    uv_write_t req;
+    struct vlm__conn *conn;
+    uint8_t *data;
+};
+
+// One buffer for every connection: the loop reads one connection at a time and the reader takes it all at once.
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    struct vlm__conn *c = (struct vlm__conn *)h;
+    (void)suggested;
+    *buf = uv_buf_init(c->d->read_buf, sizeof c->d->read_buf);
+}
+
+// ---- closing ------------------------------------------------------------------------------------------------
+
+static void on_closed(uv_handle_t *h) {
+    struct vlm__conn *c = (struct vlm__conn *)h;
+    struct vlmd *d = c->d;
+    vlm_proto_reader_close(&c->reader);
+    vlm_proto_buf_free(&c->out);
+    free(c);
+    vlm__daemon_maybe_finish(d);
+}
+
+// The client's work stops: queued asks are dropped now, running ones are told to stop at the next token and
+// answered to nobody; loads and swaps go on (they change the daemon, not the client) but answer nobody.
+static void detach_work(struct vlm__conn *c) {
+    struct vlmd *d = c->d;
+    for (struct vlm__job *j = c->jobs, *next; j; j = next) {
+        next = j->conn_next;
+        j->conn = NULL;
+        j->conn_next = NULL;
+        if (vlm__worker_unqueue(j->worker, j)) {
+            j->rc = VLM_ECANCELED;
+            d->jobs_in_flight--;
+            vlm__rpc_ask_done(d, j);
+        } else {
+            atomic_store(&j->cancel, true);
+        }
+    }
+    c->jobs = NULL;
+    for (struct vlm__op *op = c->ops, *next; op; op = next) {
+        next = op->conn_next;
+        op->conn = NULL;
+        op->conn_next = NULL;
+    }
+    c->ops = NULL;
+}
+
+static void unlink_conn(struct vlm__conn *c) {
+    struct vlmd *d = c->d;
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else if (d->conns == c) {
+        d->conns = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    c->prev = c->next = NULL;
+    d->n_conns--;
+}
+
+void vlm__conn_close(struct vlm__conn *c, const char *why) {
+    if (c->closing) {
+        return;
+    }
+    c->closing = true;
+    VLM_LOGI("conn %llu: closed: %s", (unsigned long long)c->id, why);
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    detach_work(c);
+    unlink_conn(c);
+    vlm_proto_buf_reset(&c->out);
+    uv_close((uv_handle_t *)&c->pipe, on_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+    struct vlm__conn *c = req->data;
+    (void)status;
+    vlm__conn_close(c, c->why ? c->why : "done");
+}
+
+void vlm__conn_close_after_write(struct vlm__conn *c, const char *why) {
+    if (c->closing || c->draining) {
+        return;
+    }
+    c->draining = true;
+    c->why = why;
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    detach_work(c);
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->pipe, on_shutdown) != 0) {
+        vlm__conn_close(c, why);
+    }
+}
+
+// ---- writing ------------------------------------------------------------------------------------------------
+
+static void on_write(uv_write_t *req, int status) {
+    struct write_req *w = (struct write_req *)req;
+    if (status < 0 && status != UV_ECANCELED && !w->conn->closing) {
+        vlm__conn_close(w->conn, uv_strerror(status));
+    }
+    free(w->data);
+    free(w);
+}
+
+void vlm__conn_flush(struct vlm__conn *c) {
+    if (c->out.len == 0) {
+        return;
+    }
+    if (c->closing || c->draining) {
+        vlm_proto_buf_reset(&c->out);
+        return;
+    }
+    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+    if (queued + c->out.len > c->d->cfg.max_output) {
+        VLM_LOGW("conn %llu: %zu bytes unread by the client (max_output %zu): dropping it", (unsigned long long)c->id,
+                 queued + c->out.len, c->d->cfg.max_output);
+        vlm_proto_buf_reset(&c->out);
+        vlm__conn_close(c, "output limit");
+        return;
+    }
+    struct write_req *w = malloc(sizeof *w);
+    if (!w) {
+        vlm_proto_buf_reset(&c->out);
+        vlm__conn_close(c, "out of memory");
+        return;
+    }
+    w->conn = c;
+    w->data = c->out.data; // the request takes the bytes; the connection starts a fresh buffer
+    uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+    vlm_proto_buf_init(&c->out);
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
+    if (rc) {
+        free(w->data);
+        free(w);
+        vlm__conn_close(c, uv_strerror(rc));
+    }
+}
+
+void vlm__conn_error(struct vlm__conn *c, uint32_t msgid, int wire_code, const char *message) {
+    if (vlm_proto_error_encode(&c->out, msgid, wire_code, message) == 0) {
+        vlm__conn_flush(c);
+    }
+}
+
+void vlm__conn_progress(struct vlm__conn *c, uint32_t id, enum vlm_rpc_stage stage, uint64_t done, uint64_t total) {
+    struct vlm_rpc_progress p = {.id = id, .stage = stage, .done = done, .total = total};
+    if (vlm_rpc_progress_encode(&c->out, &p) == 0) {
+        vlm__conn_flush(c);
+    }
+}
+
+// ---- reading ------------------------------------------------------------------------------------------------
+
+// A message the reader refused. The stream may still be usable (a well-framed message with a bad envelope) or
+// not (framing lost): then the client gets the error and the connection closes once it is written.
+static void refused(struct vlm__conn *c, const struct vlm_proto_msg *msg, int rc, const struct vlm_diag *diag) {
+    bool broken = vlm_proto_reader_broken(&c->reader);
+    int wire = vlm_proto_err_from_code(rc);
+    VLM_LOGW("conn %llu: %s%s: %s", (unsigned long long)c->id, broken ? "closing: " : "", vlm_proto_err_name(wire),
+             diag->msg);
+    if (msg->type == VLM_PROTO_REQUEST && msg->has_msgid) {
+        vlm__conn_error(c, msg->msgid, wire, NULL);
+    } else if (broken && vlm_proto_error_notify_encode(&c->out, wire, NULL) == 0) {
+        vlm__conn_flush(c);
+    }
+    if (broken) {
+        vlm__conn_close_after_write(c, "protocol error");
+    }
+}
+
+static void process(struct vlm__conn *c) {
+    while (!c->closing && !c->draining) {
+        struct vlm_proto_msg msg;
+        struct vlm_diag diag = {0};
+        int rc = vlm_proto_reader_next(&c->reader, &msg, &diag);
+        if (rc == 0) {
+            return;
+        }
+        if (rc < 0) {
+            refused(c, &msg, rc, &diag);
+            continue;
+        }
+        if (msg.type == VLM_PROTO_REQUEST) {
+            vlm__rpc_dispatch(c, &msg);
+        } else {
+            VLM_LOGD("conn %llu: ignoring a %s from the client", (unsigned long long)c->id,
+                     msg.type == VLM_PROTO_RESPONSE ? "response" : "notification");
+        }
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+    struct vlm__conn *c = (struct vlm__conn *)s;
+    if (nread == 0) {
+        return;
+    }
+    if (nread < 0) {
+        vlm__conn_close(c, nread == UV_EOF ? "closed by the client" : uv_strerror((int)nread));
+        return;
+    }
+    size_t off = 0;
+    while (off < (size_t)nread && !c->closing && !c->draining) {
+        size_t taken = 0;
+        int rc = vlm_proto_reader_feed(&c->reader, buf->base + off, (size_t)nread - off, &taken);
+        if (rc) {
+            vlm__conn_close(c, rc == VLM_ENOMEM ? "out of memory" : "protocol error");
+            return;
+        }
+        off += taken;
+        process(c);
+        if (taken == 0 && !c->closing && !c->draining) { // the reader guarantees progress; never spin
+            vlm__conn_close(c, "reader stalled");
+            return;
+        }
+    }
+}
+
+// ---- listening ----------------------------------------------------------------------------------------------
+
+static void on_connection(uv_stream_t *server, int status) {
+    struct vlmd *d = server->data;
+    if (status < 0) {
+        VLM_LOGW("accept: %s", uv_strerror(status));
+        return;
+    }
+    struct vlm__conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        VLM_LOGE("accept: out of memory");
+        return;
+    }
+    c->d = d;
+    uv_pipe_init(d->loop, &c->pipe, 0);
+    if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0) {
+        uv_close((uv_handle_t *)&c->pipe, on_closed);
+        return;
+    }
+    c->id = ++d->next_conn_id;
+    vlm_proto_reader_init(&c->reader, &d->limits);
+    vlm_proto_buf_init(&c->out);
+    c->next = d->conns;
+    if (d->conns) {
+        d->conns->prev = c;
+    }
+    d->conns = c;
+    d->n_conns++;
+    if (d->n_conns > d->cfg.max_clients) {
+        VLM_LOGW("conn %llu: refused: %u clients already (max_clients)", (unsigned long long)c->id, d->n_conns - 1);
+        if (vlm_proto_error_notify_encode(&c->out, VLM_PROTO_EMAX_CLIENTS, NULL) == 0) {
+            vlm__conn_flush(c);
+        }
+        vlm__conn_close_after_write(c, "too many clients");
+        return;
+    }
+    VLM_LOGD("conn %llu: accepted", (unsigned long long)c->id);
+    uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+}
+
+// Whether a daemon answers on `path` (a stale file from a crashed one does not).
+static bool socket_alive(const char *path) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return false;
+    }
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    bool alive = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 || errno == EAGAIN;
+    close(fd);
+    return alive;
+}
+
+int vlm__server_listen(struct vlmd *d, struct vlm_diag *diag) {
+    const char *path = d->cfg.socket_path;
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            return vlm_diag_set(diag, VLM_EINVAL, "%s exists and is not a socket: not touching it", path);
+        }
+        if (socket_alive(path)) {
+            return vlm_diag_set(diag, VLM_EBUSY, "%s: another daemon is listening on it", path);
+        }
+        VLM_LOGI("%s: removing the stale socket of a daemon that is gone", path);
+        if (unlink(path) != 0) {
+            return vlm_diag_set(diag, VLM_EIO, "%s: cannot remove the stale socket: %s", path, strerror(errno));
+        }
+    }
+    int rc = uv_pipe_init(d->loop, &d->server, 0);
+    if (rc) {
+        return vlm_diag_set(diag, VLM_EIO, "%s: %s", path, uv_strerror(rc));
+    }
+    d->server.data = d;
+    // The mode is right from the moment the file exists (0660: owner and group), not fixed up after listen.
+    mode_t old = umask(0117);
+    rc = uv_pipe_bind(&d->server, path);
+    umask(old);
+    if (rc == 0) {
+        rc = uv_listen((uv_stream_t *)&d->server, 128, on_connection);
+    }
+    if (rc) {
+        uv_close((uv_handle_t *)&d->server, NULL);
+        return vlm_diag_set(diag, VLM_EIO, "%s: cannot listen: %s", path, uv_strerror(rc));
+    }
+    d->listening = true;
+    VLM_LOGI("listening on %s", path);
+    return 0;
+}
+
+void vlm__server_stop_accepting(struct vlmd *d) {
+    if (!d->listening) {
+        return;
+    }
+    d->listening = false;
+    uv_close((uv_handle_t *)&d->server, NULL);
+    unlink(d->cfg.socket_path);
+}
