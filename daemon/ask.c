@@ -1,14 +1,14 @@
-// Running an ask on a worker thread: format the prompt, tokenize it, and generate with vlm_generate — the same
-// calls, in the same order and with the same parameters, as vlm-run, so one seed gives the same tokens in both.
+// Running an ask on a worker thread: decode and embed the images, format the prompt, splice and tokenize it,
+// and generate with vlm_generate — the same libvlm calls (chat.h, vision.h, generate.h), in the same order and
+// with the same parameters, as vlm-run, so one seed gives the same tokens in both.
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon/vlmd.h"
+#include "vlm/chat.h"
+#include "vlm/image.h"
 #include "vlm/tokenizer.h"
-
-#define VICUNA_SYSTEM                                                                                            \
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "  \
-    "detailed, and polite answers to the human's questions."
+#include "vlm/vision.h"
 
 static int grow(char **buf, size_t *cap, size_t need) {
     if (need <= *cap) {
@@ -62,37 +62,28 @@ static bool on_piece(const char *text, size_t len, void *user) {
     return !atomic_load(&job->cancel);
 }
 
-// The prompt text as the chain's template lays it out for a text-only ask (vlm-run's format_prompt with no
-// image: "auto" and "none" keep the prompt as given). Returns a malloc'd string or NULL.
-static char *format_text(const char *template_name, const char *prompt, size_t len, size_t *out_len) {
-    const char *pre = "", *post = "";
-    if (!strcmp(template_name, "vicuna")) {
-        pre = VICUNA_SYSTEM " USER: ";
-        post = " ASSISTANT:";
-    } else if (!strcmp(template_name, "mistral")) {
-        pre = "[INST] ";
-        post = " [/INST]";
+// Decodes image i of the job and runs it through the chain's encoder and projector.
+static int embed_image(struct vlm__job *job, uint32_t i, struct vlm_vision_embedding *out, struct vlm_diag *diag) {
+    struct vlm__component *ec = job->comp[VLM_PLUGIN_KIND_ENCODER];
+    struct vlm__component *pc = job->comp[VLM_PLUGIN_KIND_PROJECTOR];
+    if (!ec || !ec->model || !pc || !pc->model) {
+        return vlm_diag_set(diag, VLM_EUNSUPPORTED, "the chain's image encoder or projector is not loaded");
     }
-    size_t a = strlen(pre), b = strlen(post);
-    char *s = malloc(a + len + b + 1);
-    if (!s) {
-        return NULL;
+    struct vlm_image img = {0};
+    struct vlm_image_limits limits = vlm_image_default_limits();
+    int rc = vlm_image_decode(job->images[i], job->image_len[i], &limits, &img, diag);
+    if (rc) {
+        return rc;
     }
-    memcpy(s, pre, a);
-    memcpy(s + a, prompt, len);
-    memcpy(s + a + len, post, b + 1);
-    *out_len = a + len + b;
-    return s;
-}
-
-// SEAM (images): the image path — decode each job->images[i] with vlm_image_decode, preprocess/encode through
-// job->comp[VLM_PLUGIN_KIND_ENCODER], project through job->comp[VLM_PLUGIN_KIND_PROJECTOR], then split the
-// formatted prompt at <image> markers and tokenize the chunks as LLaVA does — belongs here. The splicing code
-// (format_prompt, tokenize_chunks, tokenize_after_image) lives in tools/vlm-run/vlm-run.c today; it is to move
-// into libvlm (include/vlm/chat.h) so that vlm-run and vlmd share it instead of holding two copies.
-static int prompt_parts_with_images(struct vlm__job *job, struct vlm_diag *diag) {
-    return vlm_diag_set(diag, VLM_EUNSUPPORTED, "req %llu: images are not wired into vlmd yet",
-                        (unsigned long long)job->rid);
+    rc = vlm_vision_embed(vlm_plugin_desc(ec->plugin)->encoder, ec->model, vlm_plugin_desc(pc->plugin)->projector,
+                          pc->model, &img, out, diag);
+    if (rc == 0) {
+        VLM_LOGI("req %llu: image %u: %dx%d, %d tiles (grid %dx%d) -> %d tokens in %.1f ms",
+                 (unsigned long long)job->rid, i, img.width, img.height, out->n_tiles, out->grid_w, out->grid_h,
+                 out->n, out->preprocess_ms + out->encode_ms + out->project_ms);
+    }
+    vlm_image_free(&img);
+    return rc;
 }
 
 void vlm__ask_run(struct vlm__worker *w, struct vlm__job *job) {
@@ -101,7 +92,10 @@ void vlm__ask_run(struct vlm__worker *w, struct vlm__job *job) {
     struct vlm_diag *diag = &job->diag;
     void *session = NULL;
     int32_t *ids = NULL;
-    char *text = NULL;
+    char *user = NULL, *text = NULL;
+    struct vlm_vision_embedding emb[VLM_RPC_IMAGES_MAX] = {{0}};
+    struct vlm_prompt_part parts[2 * VLM_RPC_IMAGES_MAX + 1];
+    int64_t starts[VLM_RPC_IMAGES_MAX + 2];
     job->t_start = vlm_time_ms();
     if (atomic_load(&job->cancel)) {
         job->rc = VLM_ECANCELED;
@@ -111,36 +105,75 @@ void vlm__ask_run(struct vlm__worker *w, struct vlm__job *job) {
         job->rc = vlm_diag_set(diag, VLM_EBADMODEL, "the chain's language model is not loaded");
         goto out;
     }
-    if (job->n_images > 0) {
-        job->rc = prompt_parts_with_images(job, diag);
-        goto out;
-    }
     const struct vlm_plugin_desc *desc = vlm_plugin_desc(lc->plugin);
     struct vlm_llm llm = {.ops = desc->llm, .model = lc->model};
     const struct vlm_tokenizer *tok = llm.ops->tokenizer(llm.model);
-    size_t text_len;
-    text = format_text(job->template_name, job->prompt, job->prompt_len, &text_len);
-    if (!text) {
+    if (!(user = strndup(job->prompt, job->prompt_len))) {
         job->rc = vlm_diag_set(diag, VLM_ENOMEM, "out of memory");
         goto out;
     }
-    int64_t n = vlm_tokenize(tok, text, text_len, true, false, NULL, 0);
-    if (n < 0) {
-        job->rc = vlm_diag_set(diag, (int)n, "cannot tokenize the prompt");
+    int n_images = (int)job->n_images;
+    int n_markers = n_images > 0 ? vlm_chat_count_markers(user) : 0;
+    if (n_markers > 0 && n_markers != n_images) {
+        job->rc = vlm_diag_set(diag, VLM_EBADREQUEST, "the prompt has %d %s markers for %d images", n_markers,
+                               VLM_IMAGE_MARKER, n_images);
         goto out;
     }
-    if (!(ids = malloc((size_t)(n ? n : 1) * sizeof *ids))) {
+    enum vlm_chat_format fmt = VLM_CHAT_NONE;
+    vlm_chat_format_from_name(job->template_name, &fmt);
+    if (fmt == VLM_CHAT_AUTO) {
+        fmt = vlm_chat_format_auto(n_markers, n_images, lc->llm_info.name, false, false);
+    }
+    if (!(text = vlm_chat_format_prompt(user, n_images, fmt))) {
         job->rc = vlm_diag_set(diag, VLM_ENOMEM, "out of memory");
         goto out;
     }
-    vlm_tokenize(tok, text, text_len, true, false, ids, n);
+
+    // images first: their embeddings are spliced in at the markers
+    int64_t n_image_tokens = 0;
+    for (int i = 0; i < n_images; i++) {
+        if (atomic_load(&job->cancel)) {
+            job->rc = VLM_ECANCELED;
+            goto out;
+        }
+        if ((job->rc = embed_image(job, (uint32_t)i, &emb[i], diag)) != 0) {
+            goto out;
+        }
+        if (emb[i].n_embd != lc->llm_info.n_embd) {
+            job->rc = vlm_diag_set(diag, VLM_EBADMODEL, "the projector makes %d-wide embeddings; the LLM takes %d",
+                                   emb[i].n_embd, lc->llm_info.n_embd);
+            goto out;
+        }
+        n_image_tokens += emb[i].n;
+    }
+    int n_chunks = vlm_chat_tokenize(tok, text, true, false, n_images > 0, &ids, starts, VLM_RPC_IMAGES_MAX + 1);
+    if (n_chunks < 0) {
+        job->rc = vlm_diag_set(diag, n_chunks, "cannot tokenize the prompt");
+        goto out;
+    }
+    if (n_chunks != n_images + 1) {
+        job->rc = vlm_diag_set(diag, VLM_EINTERNAL, "%d prompt chunks for %d images", n_chunks, n_images);
+        goto out;
+    }
+    int n_parts = 0;
+    for (int c = 0; c < n_chunks; c++) {
+        if (starts[c + 1] > starts[c]) {
+            parts[n_parts++] =
+                (struct vlm_prompt_part){.tokens = ids + starts[c], .n = (int32_t)(starts[c + 1] - starts[c])};
+        }
+        if (c < n_images) {
+            parts[n_parts++] = (struct vlm_prompt_part){.embd = emb[c].embd, .n = emb[c].n};
+        }
+    }
+    int64_t n = starts[n_chunks] + n_image_tokens;
     if ((job->rc = llm.ops->session_new(llm.model, d->cfg.ctx_size, &session, diag)) != 0) {
         goto out;
     }
     int32_t n_ctx = llm.ops->session_n_ctx(session);
     if (n == 0 || n >= n_ctx) {
         job->rc = vlm_diag_set(diag, n ? VLM_ETOOLARGE : VLM_EBADREQUEST,
-                               "the prompt has %lld tokens; the context holds %d", (long long)n, n_ctx);
+                               "the prompt has %lld positions (%lld for images); the context holds %d", (long long)n,
+                               (long long)n_image_tokens, n_ctx);
         goto out;
     }
     uv_mutex_lock(&d->out_mu);
@@ -149,9 +182,8 @@ void vlm__ask_run(struct vlm__worker *w, struct vlm__job *job) {
     if (job->stream) {
         vlm__job_post(d, job, false);
     }
-    struct vlm_prompt_part part = {.tokens = ids, .n = (int32_t)n};
     struct ask_ctx a = {.w = w, .job = job};
-    job->rc = vlm_generate(&llm, session, &part, 1, &job->gp, on_piece, &a, NULL, 0, &job->stats, diag);
+    job->rc = vlm_generate(&llm, session, parts, n_parts, &job->gp, on_piece, &a, NULL, 0, &job->stats, diag);
     if (a.oom) {
         job->rc = vlm_diag_set(diag, VLM_ENOMEM, "out of memory");
     } else if (job->rc == 0 && job->stats.stop == VLM_STOP_CANCELLED) {
@@ -161,7 +193,11 @@ out:
     if (session) {
         vlm_plugin_desc(lc->plugin)->llm->session_free(session);
     }
+    for (int i = 0; i < VLM_RPC_IMAGES_MAX; i++) {
+        vlm_vision_embedding_free(&emb[i]);
+    }
     free(ids);
     free(text);
+    free(user);
     job->t_end = vlm_time_ms();
 }

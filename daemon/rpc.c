@@ -8,10 +8,6 @@
 
 #include "daemon/vlmd.h"
 
-// Images reach the worker's seam in ask.c; until the vision splicing is shared through libvlm they are refused
-// up front with UNSUPPORTED.
-#define VLMD_IMAGES_WIRED 0
-
 static void reply_diag(struct vlm__conn *c, uint32_t msgid, int rc, const struct vlm_diag *diag) {
     if (vlm_proto_error_encode_diag(&c->out, msgid, rc, diag) == 0) {
         vlm__conn_flush(c);
@@ -151,8 +147,9 @@ static void on_ask(struct vlm__conn *c, const struct vlm_proto_msg *msg) {
                           vlm_proto_str_c(chain->spec.name));
         return;
     }
-    if (a.n_images > 0 && !VLMD_IMAGES_WIRED) {
-        vlm__conn_error(c, msg->msgid, VLM_PROTO_EUNSUPPORTED, "images are not supported by this vlmd yet");
+    if (a.n_images > 0 && !chain->spec.slot[VLM_PLUGIN_KIND_PROJECTOR].model[0]) {
+        reply_chain_error(c, msg->msgid, VLM_PROTO_EUNSUPPORTED, "images: no projector in chain",
+                          vlm_proto_str_c(chain->spec.name));
         return;
     }
     // A chain that is not loaded (unloaded, or its load failed) loads now; the ask waits behind the load in
