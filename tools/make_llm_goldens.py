@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build tiny random-weight Llama/Mistral models and record what transformers computes for them.
 
-    python3 tools/make_llm_goldens.py [--out tests/data/golden] [--only NAME ...]
+    python3 tools/make_llm_goldens.py [--out tests/data/golden] [--only NAME ...] [--keep-checkpoints DIR]
 
 For every model in MODELS: build it with transformers (seeded), save it as an HF checkpoint in a
 temp dir together with a 1000-piece SentencePiece tokenizer cut from the Llama-2 vocab, convert it
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -271,7 +272,7 @@ def fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
-def make_one(spec: dict, vocab, out_root: Path) -> dict:
+def make_one(spec: dict, vocab, out_root: Path, keep: Path | None = None) -> dict:
     from transformers import LlamaTokenizer
     import sentencepiece as spm
 
@@ -330,6 +331,8 @@ def make_one(spec: dict, vocab, out_root: Path) -> dict:
         ref_json = SpmTokenizer([t.decode() for t in v_json.tokens], v_json.scores, v_json.types)
         assert [t.decode() for t in v_json.tokens] == toks and v_json.types == types
         assert ref_json.encode(prompt_text) == prompt
+        if keep is not None:  # the HF checkpoint itself, for other converters (tools/check_converter_compat.py)
+            shutil.copytree(src, keep / name, dirs_exist_ok=True)
 
     # independent converter check
     back = model_from_gguf(out / "model-f32.gguf", spec)
@@ -408,6 +411,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "golden")
     ap.add_argument("--only", nargs="*", help="model names to (re)build")
     ap.add_argument("--survey", action="store_true", help="print margin stats for several init scales")
+    ap.add_argument("--keep-checkpoints", type=Path, metavar="DIR",
+                    help="also copy each model's HF checkpoint folder to DIR/<name> (outputs unchanged)")
     args = ap.parse_args()
 
     torch.use_deterministic_algorithms(True)
@@ -423,7 +428,7 @@ def main() -> int:
     for spec in MODELS:
         if args.only and spec["name"] not in args.only:
             continue
-        s = make_one(spec, vocab, args.out)
+        s = make_one(spec, vocab, args.out, args.keep_checkpoints)
         print(f"{s['name']:12s} prompt {s['n_prompt']} tok ({s['n_bytes']} byte tokens)  range {s['range']:.2f}  "
               f"margin/range min {s['min']:.4f} median {s['median']:.4f}  >5%: {s['above5']}/{N_GEN}  "
               f">1%: {s['above1']}/{N_GEN}  distinct greedy ids {s['distinct']}  dir {s['size'] / 1e6:.2f} MB")

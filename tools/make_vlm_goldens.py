@@ -2,6 +2,7 @@
 """Vision golden data for vlmd: test images, real-scale preprocessing tiles, tiny LLaVA models and cases.
 
     python3 tools/make_vlm_goldens.py [--out tests/data/vlm] [--only images preprocess llava15-tiny llava16-tiny]
+    python3 tools/make_vlm_goldens.py --out DIR --only llava15-tiny llava16-tiny --keep-checkpoints CKPT_DIR
     python3 tools/make_vlm_goldens.py --survey        # margins per seed for the tiny models, writes nothing
 
 Writes what tests/data/vlm/FORMAT.md describes:
@@ -435,7 +436,8 @@ def verify_gguf(mdir: Path, spec: dict, case_name: str, rec: dict) -> dict:
     return dict(d_feat=d_feat, d_logit=d_logit)
 
 
-def make_model(name: str, spec: dict, out: Path, tok_dir: Path, report: list[str]) -> None:
+def make_model(name: str, spec: dict, out: Path, tok_dir: Path, report: list[str],
+               keep: Path | None = None) -> None:
     mdir = out / "models" / name
     if mdir.exists():
         shutil.rmtree(mdir)
@@ -450,6 +452,8 @@ def make_model(name: str, spec: dict, out: Path, tok_dir: Path, report: list[str
             if not (src / f.name).exists():
                 shutil.copyfile(f, src / f.name)
         lconv.convert(src, mdir, "f32", name=name)
+        if keep is not None:  # the HF checkpoint itself, for other converters (tools/check_converter_compat.py)
+            shutil.copytree(src, keep / name, dirs_exist_ok=True)
     # the image token survives the conversion, as a control token
     import gguf
     r = gguf.GGUFReader(str(mdir / "llm-f32.gguf"))
@@ -526,6 +530,8 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="parts: images preprocess llava15-tiny llava16-tiny")
     ap.add_argument("--survey", action="store_true")
     ap.add_argument("--preprocess-budget-mb", type=float, default=6.0)
+    ap.add_argument("--keep-checkpoints", type=Path, metavar="DIR",
+                    help="also copy each tiny model's HF checkpoint folder to DIR/<name> (outputs unchanged)")
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
@@ -544,7 +550,7 @@ def main() -> int:
             report += make_preprocess(args.out, tok_dir, args.preprocess_budget_mb)
         for name, spec in MODELS.items():
             if name in want:
-                make_model(name, spec, args.out, tok_dir, report)
+                make_model(name, spec, args.out, tok_dir, report, args.keep_checkpoints)
     print("\n".join(report))
     return 0
 
