@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels/backend-impl.h"
+#include "kernels/cpu/repack.h"
 #include "vlm/log.h"
 
 static _Noreturn void op_abort(const char *file, int line, const char *func, const char *cond) {
@@ -108,6 +109,7 @@ int vlm_tensor_from_host(struct vlm_backend *be,
     t.data = data;
     t.backend = be;
     t.owns_data = owned; // borrowed host memory (a GGUF mapping) is not released through the backend
+    vlm__cpu_prepare_weights(be, &t); // CPU: packed copies for the faster matmul kernels (no-op elsewhere)
     *out = t;
     return 0;
 }
@@ -118,6 +120,8 @@ void vlm_tensor_release(struct vlm_tensor *t) {
     }
     if (t->owns_data && t->backend && t->data) {
         t->backend->iface->release(t->backend, t->data);
+    } else if (t->backend && t->data) {
+        vlm__cpu_forget_weights(t->backend, t); // a borrowed CPU weight may have a packed copy
     }
     t->data = NULL;
     t->backend = NULL;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "kernels/cpu/quants.h"
+#include "kernels/cpu/repack.h"
 #include "test-util.h"
 #include "vlm/backend.h"
 
@@ -717,6 +718,92 @@ static void test_matmul(void **state) {
     assert_true(n_types >= 3);
 }
 
+// Packed weights (kernels/cpu/repack.h): a Q4_0 weight handed over with vlm_tensor_from_host gets a packed copy
+// on AVX-512 machines. Checked on every path against the scalar dot of the original bytes: whole tensors (16-row
+// groups plus leftover rows), views of the first rows (found through the same data pointer), views that start
+// later (plain kernels), and a buffer released and refilled with other weights at the same address (the packed
+// copy must not go stale).
+static void matmul_check_scalar(struct vlm_backend *be, const char *what, int ii, int bi, const struct vlm_tensor *tw,
+                                const unsigned char *wq, int64_t n_tok) {
+    const int64_t n_in = tw->ne[0], n_out = tw->ne[1];
+    const struct vlm_cpu_type_traits *sc = vlm__cpu_type_traits_isa(VLM_TYPE_Q4_0, VLM_CPU_ISA_SCALAR);
+    const size_t wrow = vlm_row_size(VLM_TYPE_Q4_0, n_in), xrow = vlm_row_size(VLM_TYPE_Q8_0, n_in);
+    float *x = rand_vec(n_in * n_tok, -1.0f, 1.0f);
+    double *ref = dvec(n_out * n_tok);
+    unsigned char *xq = malloc(xrow);
+    assert_non_null(xq);
+    double ms = 0.0;
+    for (int64_t t = 0; t < n_tok; t++) {
+        sc->from_float(x + t * n_in, xq, n_in);
+        for (int64_t o = 0; o < n_out; o++) {
+            float v;
+            sc->vec_dot(n_in, &v, wq + (size_t)o * wrow, xq);
+            ref[t * n_out + o] = v;
+            ms += (double)v * v;
+        }
+    }
+    struct vlm_tensor tx = tensor_new(be, VLM_TYPE_F32, n_in, n_tok, x);
+    struct vlm_tensor td = tensor_new(be, VLM_TYPE_F32, n_out, n_tok, NULL);
+    vlm_op_matmul(be, &td, tw, &tx);
+    float *got = tensor_read_f32(&td);
+    check_close(what, ii, bi, got, ref, n_out * n_tok, 2e-5 * sqrt(ms / (double)(n_out * n_tok)), 0.0);
+    free(got);
+    free(xq);
+    free(x);
+    free(ref);
+    vlm_tensor_release(&tx);
+    vlm_tensor_release(&td);
+}
+
+static void test_matmul_packed(void **state) {
+    (void)state;
+    const int64_t n_in = 8 * 32, n_out = 83;
+    const size_t bytes = vlm_row_size(VLM_TYPE_Q4_0, n_in) * (size_t)n_out;
+    int cases = 0;
+    FOR_EACH_CONFIG(ii, bi) {
+        struct vlm_backend *be = g_be[bi];
+        unsigned char *wq = make_weights(VLM_TYPE_Q4_0, n_in, n_out);
+        struct vlm_tensor desc = vlm_tensor_make(VLM_TYPE_Q4_0, n_in, n_out, 1, 1), tw;
+        assert_int_equal(vlm_tensor_from_host(be, &desc, wq, &tw), 0);
+        // the packed copy exists and is used exactly where the AVX-512 kernels run
+        const char *env = getenv("VLM_CPU_REPACK");
+        const bool want = g_isas[ii] == VLM_CPU_ISA_AVX512 && !(env && strcmp(env, "0") == 0);
+        struct vlm_cpu_packed pk;
+        assert_int_equal(vlm__cpu_packed_find(be, &tw, &pk), want);
+        if (want) {
+            assert_int_equal(pk.n_groups, n_out / VLM_PACK_ROWS);
+            struct vlm_tensor v = vlm_tensor_rows(&tw, 16, 16);
+            assert_false(vlm__cpu_packed_find(be, &v, &pk));
+            v = vlm_tensor_rows(&tw, 0, 40);
+            assert_true(vlm__cpu_packed_find(be, &v, &pk));
+            assert_int_equal(pk.n_groups, 2);
+        }
+        const int64_t toks[] = {1, 3, 70};
+        for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
+            matmul_check_scalar(be, "packed Q4_0 whole", ii, bi, &tw, wq, toks[k]);
+            struct vlm_tensor head = vlm_tensor_rows(&tw, 0, 40);
+            matmul_check_scalar(be, "packed Q4_0 view of rows 0..39", ii, bi, &head, wq, toks[k]);
+            struct vlm_tensor mid = vlm_tensor_rows(&tw, 16, 50);
+            matmul_check_scalar(be, "packed Q4_0 view of rows 16..65", ii, bi, &mid,
+                                wq + 16 * vlm_row_size(VLM_TYPE_Q4_0, n_in), toks[k]);
+            cases += 3;
+        }
+        const struct vlm_tensor before = tw;
+        vlm_tensor_release(&tw);
+        assert_false(vlm__cpu_packed_find(be, &before, &pk)); // released: the copy is gone
+        // other weights in the same buffer: what the next from_host packs, and all the matmul may see
+        unsigned char *other = make_weights(VLM_TYPE_Q4_0, n_in, n_out);
+        memcpy(wq, other, bytes);
+        free(other);
+        assert_int_equal(vlm_tensor_from_host(be, &desc, wq, &tw), 0);
+        matmul_check_scalar(be, "packed Q4_0 after refill", ii, bi, &tw, wq, 5);
+        vlm_tensor_release(&tw);
+        free(wq);
+        cases++;
+    }
+    print_message("packed Q4_0 matmul: %d cases\n", cases);
+}
+
 // ---- attention -----------------------------------------------------------------------------------------------
 
 static void test_attention(void **state) {
@@ -916,6 +1003,7 @@ int main(void) {
         cmocka_unit_test(test_elementwise),    cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_rope),           cmocka_unit_test(test_copy),
         cmocka_unit_test(test_get_rows),       cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_packed),
         cmocka_unit_test(test_attention),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -456,6 +456,115 @@ static void test_vec_dot_nx(void **state) {
     }
 }
 
+// ---- packed (row-interleaved) kernels ------------------------------------------------------------------------
+// Q4_0 x16 groups times split-Q8_0 activations against the scalar vec_dot on the original rows and the
+// reference Q8_0 activations: same integers per block, so within 1e-5 of sum|w x|. Also: the split quantizer
+// holds exactly the reference Q8_0 codes and scales.
+static void test_packed_q4_0(void **state) {
+    (void)state;
+    if (vlm__cpu_isa_best() < VLM_CPU_ISA_AVX512) {
+        print_message("packed Q4_0: no AVX-512 on this CPU, kernel not built for it\n");
+        return;
+    }
+    static const int64_t sizes[] = {32, 224, 2080};
+    enum { NG = 3, ROWS = NG * VLM_PACK_ROWS, MX = 35 };
+    uint64_t seed = 11;
+    double worst = 0.0;
+    int checked = 0;
+    const struct vlm_cpu_type_traits *sc = vlm__cpu_type_traits_isa(VLM_TYPE_Q4_0, VLM_CPU_ISA_SCALAR);
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int64_t n = sizes[si], nb = n / 32;
+        const size_t wrow = vlm_row_size(VLM_TYPE_Q4_0, n), xrow = vlm_row_size(VLM_TYPE_Q8_0, n);
+        const size_t gsz = vlm__q4_0x16_group_size(n), srow = vlm__q8_0s_row_size(n);
+        assert_int_equal(gsz % 64, 0);
+        assert_int_equal(srow % 64, 0);
+        uint8_t *w = malloc(wrow * ROWS);
+        uint8_t *pk = aligned_alloc(64, gsz * NG);
+        uint8_t *xq = malloc(xrow * MX);
+        uint8_t *xs = aligned_alloc(64, srow * MX);
+        float *xf = malloc((size_t)n * sizeof(float));
+        float *out = malloc((size_t)MX * (ROWS + 5) * sizeof(float));
+        float *expect = malloc((size_t)MX * ROWS * sizeof(float));
+        double *abs_sum = malloc((size_t)MX * ROWS * sizeof(double));
+        assert_true(w && pk && xq && xs && xf && out && expect && abs_sum);
+        for (int r = 0; r < ROWS; r++) {
+            make_weights(VLM_TYPE_Q4_0, w + (size_t)r * wrow, n, &seed);
+        }
+        for (int g = 0; g < NG; g++) {
+            vlm__pack_q4_0x16(w + (size_t)g * VLM_PACK_ROWS * wrow, wrow, pk + (size_t)g * gsz, n);
+        }
+        for (int k = 0; k < MX; k++) {
+            for (int64_t i = 0; i < n; i++) {
+                xf[i] = vlm_test_rand_f32(&seed) * (i % 5 == 0 ? 3.0f : 1.0f) * (k == 3 && i < 32 ? 0.0f : 1.0f);
+            }
+            vlm__quant_row_q8_0_ref(xf, xq + (size_t)k * xrow, n);
+            assert_true(vlm__packed_quant_q8_0s(xf, xs + (size_t)k * srow, n, 8));
+            const struct vlm_block_q8_0 *b = (const struct vlm_block_q8_0 *)(const void *)(xq + (size_t)k * xrow);
+            const int8_t *sq = (const int8_t *)(xs + (size_t)k * srow);
+            const float *sd = (const float *)(const void *)(sq + n);
+            const int32_t *scn = (const int32_t *)(const void *)(sd + nb);
+            for (int64_t i = 0; i < nb; i++) {
+                int sum = 0;
+                for (int j = 0; j < 32; j++) {
+                    assert_int_equal(sq[i * 32 + j], b[i].qs[j]);
+                    sum += b[i].qs[j];
+                }
+                assert_true(sd[i] == vlm_fp16_to_fp32(b[i].d));
+                assert_int_equal(scn[i], -8 * sum);
+            }
+            for (int r = 0; r < ROWS; r++) {
+                double exact;
+                deq_dot(VLM_TYPE_Q4_0, w + (size_t)r * wrow, VLM_TYPE_Q8_0, xq + (size_t)k * xrow, n,
+                        &abs_sum[k * ROWS + r], &exact);
+                sc->vec_dot(n, &expect[k * ROWS + r], w + (size_t)r * wrow, xq + (size_t)k * xrow);
+            }
+        }
+        static const int nxs[] = {1, 2, 5, 15, 16, 17, 33, MX};
+        for (size_t ci = 0; ci < sizeof nxs / sizeof nxs[0]; ci++) {
+            for (int ng = 1; ng <= NG; ng++) {
+                const int nx = nxs[ci];
+                const size_t ss = ROWS + 5;
+                for (size_t i = 0; i < (size_t)MX * ss; i++) {
+                    out[i] = -12345.0f;
+                }
+                assert_true(vlm__packed_gemm_q4_0x16(n, out, ss, pk, gsz, ng, xs, srow, nx));
+                for (int k = 0; k < MX; k++) {
+                    for (int r = 0; r < (int)ss; r++) {
+                        const float got = out[(size_t)k * ss + (size_t)r];
+                        if (k >= nx || r >= ng * VLM_PACK_ROWS) {
+                            if (got != -12345.0f) {
+                                fail_msg("packed Q4_0 n=%lld %d groups x %d rows wrote s[%d][%d]", (long long)n, ng, nx,
+                                         k, r);
+                            }
+                            continue;
+                        }
+                        const double err = fabs((double)got - (double)expect[k * ROWS + r]);
+                        const double tol = 1e-5 * abs_sum[k * ROWS + r] + 1e-30;
+                        if (!(err <= tol)) {
+                            fail_msg("packed Q4_0 n=%lld [%d,%d]: %.9g vs scalar %.9g (err %.3g, tol %.3g)",
+                                     (long long)n, r, k, (double)got, (double)expect[k * ROWS + r], err, tol);
+                        }
+                        if (abs_sum[k * ROWS + r] > 0 && err / abs_sum[k * ROWS + r] > worst) {
+                            worst = err / abs_sum[k * ROWS + r];
+                        }
+                        checked++;
+                    }
+                }
+            }
+        }
+        free(w);
+        free(pk);
+        free(xq);
+        free(xs);
+        free(xf);
+        free(out);
+        free(expect);
+        free(abs_sum);
+    }
+    print_message("packed Q4_0: %d outputs checked, worst |packed - scalar| / sum|w x| = %.3g\n", checked, worst);
+    assert_true(checked > 0);
+}
+
 // ---- benchmark ---------------------------------------------------------------------------------------------
 
 // Thread CPU time: the shared build machines deschedule us often, which wall time would count.
@@ -577,6 +686,58 @@ static void bench_nx(int isa) {
     free(out);
 }
 
+// Packed Q4_0 (x16 groups), one thread: prefill as bench_nx (16 rows x 64 tokens per call here: one group) and
+// matvec over the whole matrix.
+static void bench_packed(void) {
+    if (vlm__cpu_isa_best() < VLM_CPU_ISA_AVX512) {
+        return;
+    }
+    const int64_t n = 4096, rows = 4096, toks = 64;
+    uint64_t seed = 2;
+    const size_t wrow = vlm_row_size(VLM_TYPE_Q4_0, n), gsz = vlm__q4_0x16_group_size(n);
+    const size_t srow = vlm__q8_0s_row_size(n);
+    const int64_t ng = rows / VLM_PACK_ROWS;
+    uint8_t *w = malloc(wrow * (size_t)rows);
+    uint8_t *pk = aligned_alloc(64, gsz * (size_t)ng);
+    uint8_t *xs = aligned_alloc(64, srow * (size_t)toks);
+    float *xf = malloc((size_t)n * sizeof(float));
+    float *out = malloc((size_t)(rows * toks) * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        make_weights(VLM_TYPE_Q4_0, w + (size_t)r * wrow, n, &seed);
+    }
+    for (int64_t g = 0; g < ng; g++) {
+        vlm__pack_q4_0x16(w + (size_t)(g * VLM_PACK_ROWS) * wrow, wrow, pk + (size_t)g * gsz, n);
+    }
+    for (int64_t k = 0; k < toks; k++) {
+        for (int64_t i = 0; i < n; i++) {
+            xf[i] = vlm_test_rand_f32(&seed);
+        }
+        vlm__packed_quant_q8_0s(xf, xs + (size_t)k * srow, n, 8);
+    }
+    double best = 1e9, best_mv = 1e9;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = cpu_now_s();
+        for (int64_t g = 0; g < ng; g++) {
+            vlm__packed_gemm_q4_0x16(n, out + g * VLM_PACK_ROWS, (size_t)rows, pk + (size_t)g * gsz, gsz, 1, xs, srow,
+                                     (int)toks);
+        }
+        double dt = cpu_now_s() - t0;
+        best = dt < best ? dt : best;
+        t0 = now_s();
+        vlm__packed_gemm_q4_0x16(n, out, (size_t)rows, pk, gsz, (int)ng, xs, srow, 1);
+        dt = now_s() - t0;
+        best_mv = dt < best_mv ? dt : best_mv;
+    }
+    printf("packed Q4_0 x16: prefill %6.1f GFLOP/s (%6.1f ms), matvec %6.1f GB/s (%6.2f ms)\n",
+           2.0 * (double)n * (double)rows * (double)toks / best * 1e-9, best * 1e3,
+           (double)(gsz * (size_t)ng) / best_mv * 1e-9, best_mv * 1e3);
+    free(w);
+    free(pk);
+    free(xs);
+    free(xf);
+    free(out);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
         if (argc < 3 || strcmp(argv[2], "nx") != 0) {
@@ -588,6 +749,7 @@ int main(int argc, char **argv) {
             isa = strcmp(argv[3], vlm__cpu_isa_name((enum vlm_cpu_isa)i)) == 0 ? i : isa;
         }
         bench_nx(isa);
+        bench_packed();
         return 0;
     }
     const struct CMUnitTest tests[] = {
@@ -595,6 +757,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_vec_dot_paths),
         cmocka_unit_test(test_from_float_edges),
         cmocka_unit_test(test_vec_dot_nx),
+        cmocka_unit_test(test_packed_q4_0),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

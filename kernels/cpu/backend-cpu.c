@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/ops-cpu.h"
 #include "kernels/cpu/quants.h"
+#include "kernels/cpu/repack.h"
 #include "vlm/log.h"
 
 // Below this much work (elements touched) an op runs on the calling thread: waking workers costs more.
@@ -62,6 +63,7 @@ void vlm__cpu_parallel(struct vlm_cpu_ctx *c, vlm_threadpool_fn fn, void *ctx, i
 
 static void cpu_free(struct vlm_backend *be) {
     struct vlm_cpu_ctx *c = vlm__cpu_ctx(be);
+    vlm__cpu_forget_backend(be);
     vlm__threadpool_free(c->pool);
     free(c->wdata);
     free(c->tscratch);

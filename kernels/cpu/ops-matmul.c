@@ -9,6 +9,7 @@
 
 #include "kernels/cpu/ops-cpu.h"
 #include "kernels/cpu/quants.h"
+#include "kernels/cpu/repack.h"
 
 // Prefill: a chunk is a block of TILE_ROWS weight rows times TILE_TOKS tokens (tens of KB of weights plus a few
 // hundred KB of converted activations: together they fit in L2). Chunks are numbered with the row block fastest,
@@ -101,13 +102,110 @@ static void matmul_worker(void *arg, int ith, int nth) {
     }
 }
 
-void vlm__cpu_matmul(struct vlm_backend *be,
-                     struct vlm_tensor *dst,
-                     const struct vlm_tensor *w,
-                     const struct vlm_tensor *x) {
-    struct vlm_cpu_ctx *c = vlm__cpu_ctx(be);
+// ---- packed weights (kernels/cpu/repack.h) --------------------------------------------------------------------
+
+struct packed_convert_ctx {
+    const struct vlm_tensor *x;
+    char *xq;
+    size_t xq_row;
+    int64_t n_in;
+    int64_t n_tok;
+};
+
+static void packed_convert_rows(void *arg, int ith, int nth) {
+    const struct packed_convert_ctx *cc = arg;
+    int64_t lo, hi;
+    vlm__cpu_split(cc->n_tok, ith, nth, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++) {
+#if defined(VLM_HAVE_X86)
+        vlm__quant_row_q8_0s_avx512(vlm__row_f32(cc->x, t), cc->xq + (size_t)t * cc->xq_row, cc->n_in, 8);
+#endif
+    }
+}
+
+struct packed_ctx {
+    const char *w;
+    size_t g_stride;
+    int64_t n_groups;
+    const char *xq;
+    size_t xq_row;
+    float *dst;
+    size_t dst_row;
+    int64_t n_in;
+    int64_t n_tok;
+    int64_t chunk_groups;
+    int64_t n_gblocks;
+    int64_t n_chunks;
+    atomic_llong next;
+};
+
+static void packed_worker(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    struct packed_ctx *pc = arg;
+    for (;;) {
+        int64_t chunk = atomic_fetch_add_explicit(&pc->next, 1, memory_order_relaxed);
+        if (chunk >= pc->n_chunks) {
+            break;
+        }
+        int64_t g0 = (chunk % pc->n_gblocks) * pc->chunk_groups;
+        int64_t g1 = g0 + pc->chunk_groups < pc->n_groups ? g0 + pc->chunk_groups : pc->n_groups;
+        int64_t t0 = (chunk / pc->n_gblocks) * TILE_TOKS;
+        int64_t t1 = t0 + TILE_TOKS < pc->n_tok ? t0 + TILE_TOKS : pc->n_tok;
+#if defined(VLM_HAVE_X86)
+        vlm__gemm_q4_0x16_avx512(pc->n_in, pc->dst + (size_t)t0 * pc->dst_row + (size_t)g0 * VLM_PACK_ROWS,
+                                 pc->dst_row, pc->w + (size_t)g0 * pc->g_stride, pc->g_stride, (int)(g1 - g0),
+                                 pc->xq + (size_t)t0 * pc->xq_row, pc->xq_row, (int)(t1 - t0));
+#else
+        (void)g1;
+        (void)t1;
+#endif
+    }
+}
+
+static void matmul_packed(struct vlm_cpu_ctx *c, const struct vlm_cpu_packed *pk, struct vlm_tensor *dst,
+                          const struct vlm_tensor *x) {
+    const int64_t n_in = x->ne[0], n_tok = x->ne[1];
+    struct packed_convert_ctx cc = {
+        .x = x,
+        .xq_row = vlm__q8_0s_row_size(n_in),
+        .n_in = n_in,
+        .n_tok = n_tok,
+    };
+    cc.xq = vlm__cpu_wdata(c, cc.xq_row * (size_t)n_tok);
+    vlm__cpu_parallel(c, packed_convert_rows, &cc, n_tok > 1 ? n_in * n_tok : 0);
+
+    struct packed_ctx pc = {
+        .w = pk->data,
+        .g_stride = pk->group_size,
+        .n_groups = pk->n_groups,
+        .xq = cc.xq,
+        .xq_row = cc.xq_row,
+        .dst = dst->data,
+        .dst_row = dst->nb[1] / sizeof(float),
+        .n_in = n_in,
+        .n_tok = n_tok,
+    };
+    if (n_tok == 1) {
+        // contiguous group ranges: each thread streams its own part of the matrix
+        int64_t per = (pk->n_groups + 4 * (int64_t)c->n_threads - 1) / (4 * (int64_t)c->n_threads);
+        pc.chunk_groups = per < 1 ? 1 : per;
+    } else {
+        pc.chunk_groups = 1;
+    }
+    pc.n_gblocks = (pk->n_groups + pc.chunk_groups - 1) / pc.chunk_groups;
+    pc.n_chunks = pc.n_gblocks * ((n_tok + TILE_TOKS - 1) / TILE_TOKS);
+    atomic_init(&pc.next, 0);
+    vlm__cpu_parallel(c, packed_worker, &pc, n_in * pk->n_groups * VLM_PACK_ROWS * n_tok);
+}
+
+// ---- entry ---------------------------------------------------------------------------------------------------
+
+// Rows [o_start, n_out) of the product with the row-major kernels.
+static void matmul_plain(struct vlm_cpu_ctx *c, struct vlm_tensor *dst, const struct vlm_tensor *w,
+                         const struct vlm_tensor *x, int64_t o_start) {
     const struct vlm_cpu_type_traits *tr = vlm__cpu_type_traits(w->type);
-    int64_t n_in = w->ne[0], n_out = w->ne[1], n_tok = x->ne[1];
+    int64_t n_in = w->ne[0], n_out = w->ne[1] - o_start, n_tok = x->ne[1];
 
     const char *xq;
     size_t xq_row;
@@ -130,11 +228,11 @@ void vlm__cpu_matmul(struct vlm_backend *be,
 
     struct matmul_ctx mc = {
         .tr = tr,
-        .w = w->data,
+        .w = (const char *)w->data + (size_t)o_start * w->nb[1],
         .w_row = w->nb[1],
         .xq = xq,
         .xq_row = xq_row,
-        .dst = dst->data,
+        .dst = (float *)dst->data + o_start,
         .dst_row = dst->nb[1] / sizeof(float),
         .n_in = n_in,
         .n_out = n_out,
@@ -151,4 +249,20 @@ void vlm__cpu_matmul(struct vlm_backend *be,
     mc.n_chunks = mc.n_row_blocks * ((n_tok + TILE_TOKS - 1) / TILE_TOKS);
     atomic_init(&mc.next, 0);
     vlm__cpu_parallel(c, matmul_worker, &mc, n_in * n_out * n_tok);
+}
+
+void vlm__cpu_matmul(struct vlm_backend *be,
+                     struct vlm_tensor *dst,
+                     const struct vlm_tensor *w,
+                     const struct vlm_tensor *x) {
+    struct vlm_cpu_ctx *c = vlm__cpu_ctx(be);
+    struct vlm_cpu_packed pk;
+    int64_t done = 0;
+    if (vlm__cpu_packed_find(be, w, &pk)) {
+        matmul_packed(c, &pk, dst, x);
+        done = pk.n_groups * VLM_PACK_ROWS;
+    }
+    if (done < w->ne[1]) {
+        matmul_plain(c, dst, w, x, done);
+    }
 }

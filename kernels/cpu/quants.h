@@ -4,6 +4,7 @@
 #ifndef VLM_CPU_QUANTS_H
 #define VLM_CPU_QUANTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -166,6 +167,35 @@ void vlm__vec_dot_q5_0_nx_avx2(int64_t n, float *s, size_t s_stride, const void 
                                size_t x_stride, int nw, int nx);
 void vlm__vec_dot_q8_0_nx_avx2(int64_t n, float *s, size_t s_stride, const void *w, size_t w_stride, const void *x,
                                size_t x_stride, int nw, int nx);
+#endif
+
+// ---- Row-interleaved ("packed") weights ------------------------------------------------------------------------
+// Copies of weight matrices in a layout made for the AVX-512 kernels, made once at load (kernels/cpu/repack.c).
+//
+// Q4_0 x16: groups of 16 consecutive rows. A group of rows with n elements (nb = n / 32 blocks) is nb * 288
+// bytes rounded up to a multiple of 64: first nb code blocks of 256 bytes (block i, part c = 0..3, 64 bytes:
+// bytes 4r..4r+3 are row r's qs[4c..4c+3] of block i), then nb x 16 fp16 scales (row r's d of block i at 16 i + r).
+#define VLM_PACK_ROWS 16
+size_t vlm__q4_0x16_group_size(int64_t n);
+// Packs rows [0, 16) of a Q4_0 matrix (rows src_row bytes apart) into one group.
+void vlm__pack_q4_0x16(const void *src, size_t src_row, void *dst, int64_t n);
+
+// Split Q8_0 activations for the packed kernels: a row of n elements (nb blocks) is int8 qs[n] (Q8_0's codes in
+// element order), float d[nb] (Q8_0's fp16 scale, widened), int32 c[nb] = -off * sum of the block's codes (the
+// weight code offset: 8 for Q4_0), vlm__q8_0s_row_size(n) bytes (a multiple of 64).
+size_t vlm__q8_0s_row_size(int64_t n);
+
+// Portable entry points of the two kernels below (tests, benchmarks): false when this build or CPU lacks them.
+bool vlm__packed_quant_q8_0s(const float *src, void *dst, int64_t n, int off);
+bool vlm__packed_gemm_q4_0x16(int64_t n, float *s, size_t s_stride, const void *w, size_t g_stride, int ng,
+                              const void *x, size_t x_stride, int nx);
+
+#if defined(VLM_HAVE_X86)
+void vlm__quant_row_q8_0s_avx512(const float *src, void *dst, int64_t n, int off);
+// s[t * s_stride + 16 * g + r] = dot(row r of group g, activation row t) for g < ng, t < nx. Groups are g_stride
+// bytes apart (64-byte aligned), activation rows x_stride bytes apart (split Q8_0, offset 8).
+void vlm__gemm_q4_0x16_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t g_stride, int ng,
+                              const void *x, size_t x_stride, int nx);
 #endif
 
 // Traits for the current ISA path; NULL for types the CPU backend cannot compute with.

@@ -867,3 +867,119 @@ static ALWAYS_INLINE void tile_q6_k(const int W, const int X, int64_t n, float *
 }
 
 NX_KERNEL(vlm__vec_dot_q6_k_nx_avx512, tile_q6_k, 4, 4)
+
+// =============================================================================================================
+// Row-interleaved Q4_0 (x16 groups, prepared at load by kernels/cpu/repack.c)
+// =============================================================================================================
+//
+// One 32-bit lane per weight row: dword lane r of code part c holds row r's bytes qs[4c..4c+3], so vpdpbusd with
+// an activation dword broadcast to all lanes advances 16 rows by 4 elements each, and after 8 of them every lane
+// holds a whole block's integer dot. The float work (convert, scale, accumulate) is then one instruction per 16
+// (row, block) pairs instead of one per 2 in the row-major kernels, and the result for a token is one 16-float
+// store. Activations are in the split Q8_0 format, whose per-block -8 * sum(q) starts each integer accumulator.
+
+void vlm__quant_row_q8_0s_avx512(const float *src, void *dst, int64_t n, int off) {
+    const int64_t nb = n / VLM_QK8_0;
+    int8_t *qs = dst;
+    float *d = (float *)(void *)(qs + n);
+    int32_t *c = (int32_t *)(void *)(d + nb);
+    for (int64_t i = 0; i < nb; i++) {
+        int sum;
+        // the reference stores d as fp16: keep that rounding so results match Q8_0's
+        d[i] = fp16(vlm_fp32_to_fp16(quant32(src + i * VLM_QK8_0, qs + i * VLM_QK8_0, &sum)));
+        c[i] = -off * sum;
+    }
+}
+
+// Matvec prefetch distance in code blocks (16 x 256 bytes = 4 KB ahead).
+#define Q4X16_PREFETCH_BLOCKS 16
+
+static ALWAYS_INLINE void q4_0x16_tile(const int X, int64_t n, float *s, size_t ss, const uint8_t *g,
+                                       const uint8_t *x, size_t xs) {
+    const int64_t nb = n / VLM_QK4_0;
+    const uint16_t *dw16 = (const uint16_t *)(const void *)(g + (size_t)nb * 256);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512 acc[16];
+#pragma GCC unroll 16
+    FOR_X {
+        acc[k] = _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        const __m512i *qp = (const __m512i *)(const void *)(g + (size_t)i * 256);
+        if (X == 1) {
+            // matvec streams the weights once: ask for them a few blocks early (an address past the group's end
+            // is harmless for a prefetch; it is formed as an integer so no pointer leaves its object)
+            const uintptr_t ahead = (uintptr_t)qp + Q4X16_PREFETCH_BLOCKS * 256;
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                _mm_prefetch((const char *)(ahead + 64 * (uintptr_t)c), _MM_HINT_T0);
+            }
+        }
+        __m512i q[8];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            const __m512i raw = _mm512_load_si512(qp + c);
+            q[c] = _mm512_and_si512(raw, m4);
+            q[c + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(dw16 + 16 * i)));
+#pragma GCC unroll 16
+        FOR_X {
+            const uint8_t *xr = x + (size_t)k * xs;
+            const int32_t *y = (const int32_t *)(const void *)(xr + i * VLM_QK8_0);
+            const float dx = ((const float *)(const void *)(xr + n))[i];
+            const int32_t cx = ((const int32_t *)(const void *)(xr + n + 4 * nb))[i];
+            __m512i a = _mm512_set1_epi32(cx);
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                a = _mm512_dpbusd_epi32(a, q[c], _mm512_set1_epi32(y[c]));
+            }
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[k]);
+        }
+    }
+#pragma GCC unroll 16
+    FOR_X {
+        _mm512_storeu_ps(s + (size_t)k * ss, acc[k]);
+    }
+}
+
+#define Q4X16_DEF(X)                                                                                            \
+    static void q4_0x16_tile_##X(int64_t n, float *s, size_t ss, const uint8_t *g, const uint8_t *x, size_t xs) { \
+        q4_0x16_tile(X, n, s, ss, g, x, xs);                                                                     \
+    }
+Q4X16_DEF(1)
+Q4X16_DEF(2)
+Q4X16_DEF(3)
+Q4X16_DEF(4)
+Q4X16_DEF(5)
+Q4X16_DEF(6)
+Q4X16_DEF(7)
+Q4X16_DEF(8)
+Q4X16_DEF(9)
+Q4X16_DEF(10)
+Q4X16_DEF(11)
+Q4X16_DEF(12)
+Q4X16_DEF(13)
+Q4X16_DEF(14)
+Q4X16_DEF(15)
+Q4X16_DEF(16)
+#undef Q4X16_DEF
+
+typedef void (*q4x16_fn)(int64_t n, float *s, size_t ss, const uint8_t *g, const uint8_t *x, size_t xs);
+static const q4x16_fn q4_0x16_tab[16] = {
+    q4_0x16_tile_1,  q4_0x16_tile_2,  q4_0x16_tile_3,  q4_0x16_tile_4,  q4_0x16_tile_5,  q4_0x16_tile_6,
+    q4_0x16_tile_7,  q4_0x16_tile_8,  q4_0x16_tile_9,  q4_0x16_tile_10, q4_0x16_tile_11, q4_0x16_tile_12,
+    q4_0x16_tile_13, q4_0x16_tile_14, q4_0x16_tile_15, q4_0x16_tile_16,
+};
+
+void vlm__gemm_q4_0x16_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t g_stride, int ng,
+                              const void *x, size_t x_stride, int nx) {
+    const uint8_t *wb = w, *xb = x;
+    for (int ig = 0; ig < ng; ig++) {
+        for (int ix = 0; ix < nx; ix += 16) {
+            const int bx = nx - ix < 16 ? nx - ix : 16;
+            q4_0x16_tab[bx - 1](n, s + (size_t)ix * s_stride + (size_t)ig * 16, s_stride, wb + (size_t)ig * g_stride,
+                                xb + (size_t)ix * x_stride, x_stride);
+        }
+    }
+}
