@@ -62,6 +62,27 @@ static bool on_piece(const char *text, size_t len, void *user) {
     return !atomic_load(&job->cancel);
 }
 
+// Counting generated tokens as they happen. vlm_generate reports n_gen only at its end and calls the piece
+// callback only when text becomes final, so the worker wraps the model's session_eval: every evaluation after
+// the prompt's parts is the evaluation of the token sampled just before it. The worker thread runs one ask at a
+// time, hence thread-local state rather than a field the plugin's signature has no room for.
+struct eval_count {
+    int (*eval)(void *session, const struct vlm_llm_batch *batch, float *logits, struct vlm_diag *diag);
+    struct vlm__job *job;
+    int n_prefill; // evaluations of the prompt (its parts)
+    int n_calls;
+};
+
+static _Thread_local struct eval_count tl_count;
+
+static int counting_eval(void *session, const struct vlm_llm_batch *batch, float *logits, struct vlm_diag *diag) {
+    struct eval_count *ec = &tl_count;
+    if (++ec->n_calls > ec->n_prefill) {
+        atomic_store(&ec->job->n_gen_live, ec->n_calls - ec->n_prefill);
+    }
+    return ec->eval(session, batch, logits, diag);
+}
+
 // Decodes image i of the job and runs it through the chain's encoder and projector.
 static int embed_image(struct vlm__job *job, uint32_t i, struct vlm_vision_embedding *out, struct vlm_diag *diag) {
     struct vlm__component *ec = job->comp[VLM_PLUGIN_KIND_ENCODER];
@@ -183,7 +204,17 @@ void vlm__ask_run(struct vlm__worker *w, struct vlm__job *job) {
         vlm__job_post(d, job, false);
     }
     struct ask_ctx a = {.w = w, .job = job};
-    job->rc = vlm_generate(&llm, session, parts, n_parts, &job->gp, on_piece, &a, NULL, 0, &job->stats, diag);
+    struct vlm_llm_ops counted = *llm.ops;
+    int n_prefill = 0; // vlm_generate evaluates each non-empty part once
+    for (int i = 0; i < n_parts; i++) {
+        n_prefill += parts[i].n > 0;
+    }
+    tl_count = (struct eval_count){.eval = llm.ops->session_eval, .job = job, .n_prefill = n_prefill};
+    counted.session_eval = counting_eval;
+    struct vlm_llm llm_counted = {.ops = &counted, .model = llm.model};
+    job->rc = vlm_generate(&llm_counted, session, parts, n_parts, &job->gp, on_piece, &a, NULL, 0, &job->stats,
+                           diag);
+    tl_count = (struct eval_count){0};
     if (a.oom) {
         job->rc = vlm_diag_set(diag, VLM_ENOMEM, "out of memory");
     } else if (job->rc == 0 && job->stats.stop == VLM_STOP_CANCELLED) {

@@ -16,25 +16,39 @@ static const char *kind_name(int k) {
 
 // ---- model names ------------------------------------------------------------------------------------------
 
+static int fail_why(const char **why, const char *text, int rc) {
+    if (why) {
+        *why = text;
+    }
+    return rc;
+}
+
 int vlm__model_resolve(const struct vlmd *d, const char *name, bool paths, char *out, size_t cap, uint64_t *size,
-                       struct vlm_diag *diag) {
+                       struct vlm_diag *diag, const char **why) {
+    if (!paths) { // names from clients and the config: resolved by the kernel inside the directory (modelpath.c)
+        return vlm__model_beneath(d->cfg.model_dir, name, out, cap, size, diag, why);
+    }
     size_t len = strlen(name);
     char joined[PATH_MAX + VLMD_MODEL_MAX];
     if (len == 0 || len >= VLMD_MODEL_MAX) {
-        return vlm_diag_set(diag, VLM_EINVAL, "model name: expected 1..%d bytes", VLMD_MODEL_MAX - 1);
+        return fail_why(why, VLM__WHY_NAME_LENGTH,
+                        vlm_diag_set(diag, VLM_EINVAL, "model name: expected 1..%d bytes", VLMD_MODEL_MAX - 1));
     }
     if (paths) {
         snprintf(joined, sizeof joined, "%s", name);
     } else {
         // A name inside the model directory: no absolute path and no ".." component.
         if (name[0] == '/') {
-            return vlm_diag_set(diag, VLM_EINVAL, "model name: must be relative to the model directory");
+            return fail_why(why, VLM__WHY_NAME_ABSOLUTE,
+                            vlm_diag_set(diag, VLM_EINVAL, "model '%s': must be relative to the model directory", name));
         }
         for (const char *p = name; *p;) {
             const char *slash = strchr(p, '/');
             size_t n = slash ? (size_t)(slash - p) : strlen(p);
             if ((n == 2 && p[0] == '.' && p[1] == '.') || n == 0) {
-                return vlm_diag_set(diag, VLM_EINVAL, "model name: '..' and empty components are not allowed");
+                return fail_why(why, VLM__WHY_NAME_DOTDOT,
+                                vlm_diag_set(diag, VLM_EINVAL, "model '%s': '..' and empty components are not allowed",
+                                             name));
             }
             p += n + (slash ? 1 : 0);
         }
@@ -42,21 +56,25 @@ int vlm__model_resolve(const struct vlmd *d, const char *name, bool paths, char 
     }
     char real[PATH_MAX];
     if (!realpath(joined, real)) {
-        return vlm_diag_set(diag, VLM_ENOTFOUND, "model '%s' not found", name);
+        return fail_why(why, VLM__WHY_MODEL_NOT_FOUND,
+                        vlm_diag_set(diag, VLM_ENOTFOUND, "model '%s' not found (%s)", name, joined));
     }
     if (!paths) { // a symlink must not lead out of the directory
         char dir[PATH_MAX];
         size_t dl;
         if (!realpath(d->cfg.model_dir, dir) || strncmp(real, dir, dl = strlen(dir)) || real[dl] != '/') {
-            return vlm_diag_set(diag, VLM_ENOTFOUND, "model '%s' not found", name);
+            return fail_why(why, VLM__WHY_MODEL_NOT_FOUND,
+                            vlm_diag_set(diag, VLM_ENOTFOUND, "model '%s' leads out of the model directory (to %s)",
+                                         name, real));
         }
     }
     struct stat st;
     if (stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
-        return vlm_diag_set(diag, VLM_ENOTFOUND, "model '%s' is not a regular file", name);
+        return fail_why(why, VLM__WHY_MODEL_NOT_FILE,
+                        vlm_diag_set(diag, VLM_ENOTFOUND, "model '%s' is not a regular file (%s)", name, real));
     }
     if (strlen(real) >= cap) {
-        return vlm_diag_set(diag, VLM_EINVAL, "model '%s': path too long", name);
+        return fail_why(why, VLM__WHY_PATH_TOO_LONG, vlm_diag_set(diag, VLM_EINVAL, "model '%s': path too long", name));
     }
     snprintf(out, cap, "%s", real);
     *size = (uint64_t)st.st_size;
@@ -126,16 +144,17 @@ void vlm__component_unref(struct vlmd *d, struct vlm__component *c) {
 }
 
 struct vlm__component *vlm__component_get(struct vlmd *d, enum vlm_plugin_kind kind, const struct vlm__slot_spec *spec,
-                                          struct vlm__op *op, struct vlm_diag *diag) {
+                                          struct vlm__op *op, struct vlm_diag *diag, const char **why) {
     char path[PATH_MAX];
     uint64_t size = 0;
-    if (vlm__model_resolve(d, spec->model, spec->paths, path, sizeof path, &size, diag) != 0) {
+    if (vlm__model_resolve(d, spec->model, spec->paths, path, sizeof path, &size, diag, why) != 0) {
         return NULL;
     }
     if (spec->plugin[0]) {
         struct vlm__plugin_entry *e = vlm__registry_find(&d->reg, spec->plugin);
         if (!e || e->kind != kind) {
-            vlm_diag_set(diag, VLM_ENOTFOUND, "no %s plugin named '%s'", kind_name(kind), spec->plugin);
+            fail_why(why, VLM__WHY_PLUGIN_NOT_FOUND,
+                     vlm_diag_set(diag, VLM_ENOTFOUND, "no %s plugin named '%s'", kind_name(kind), spec->plugin));
             return NULL;
         }
     }
@@ -154,7 +173,7 @@ struct vlm__component *vlm__component_get(struct vlmd *d, enum vlm_plugin_kind k
     if (!c || !job) {
         free(c);
         vlm__job_free(job);
-        vlm_diag_set(diag, VLM_ENOMEM, "out of memory");
+        fail_why(why, VLM__WHY_OUT_OF_MEMORY, vlm_diag_set(diag, VLM_ENOMEM, "out of memory"));
         return NULL;
     }
     c->kind = kind;
@@ -193,11 +212,15 @@ void vlm__component_loaded(struct vlmd *d, struct vlm__component *c) {
     int n = c->n_waiters;
     c->waiters = NULL;
     c->n_waiters = 0;
+    // Finishing a waiter may drop its reference (a failed swap lets go of what it loaded): hold one of our own
+    // so the component is released once, below, and not under our feet.
+    c->refs++;
     for (int i = 0; i < n; i++) {
         struct vlm__op *op = waiters[i];
         if (c->load_rc && op->rc == 0) {
             op->rc = c->load_rc;
             op->diag = c->load_diag;
+            op->why = c->load_why;
         }
         if (op->conn) {
             vlm__conn_progress(op->conn, op->msgid, VLM_RPC_STAGE_LOADING, c->bytes, c->bytes);
@@ -205,9 +228,7 @@ void vlm__component_loaded(struct vlmd *d, struct vlm__component *c) {
         vlm__op_finish(d, op); // finishes it when this was the last component it waited for
     }
     free(waiters);
-    if (c->refs == 0) {
-        release_component(d, c);
-    }
+    vlm__component_unref(d, c);
 }
 
 void vlm__component_unloaded(struct vlmd *d, struct vlm__component *c) {
@@ -291,7 +312,8 @@ static void chain_remove(struct vlmd *d, struct vlm__chain *c) {
     vlm__chain_unref(d, c);
 }
 
-int vlm__chain_load(struct vlmd *d, struct vlm__chain *c, int kind, struct vlm__op *op, struct vlm_diag *diag) {
+int vlm__chain_load(struct vlmd *d, struct vlm__chain *c, int kind, struct vlm__op *op, struct vlm_diag *diag,
+                    const char **why) {
     for (int k = 1; k < VLMD_SLOTS; k++) {
         if ((kind != 0 && kind != k) || !c->spec.slot[k].model[0]) {
             continue;
@@ -302,7 +324,7 @@ int vlm__chain_load(struct vlmd *d, struct vlm__chain *c, int kind, struct vlm__
             }
             continue;
         }
-        struct vlm__component *comp = vlm__component_get(d, (enum vlm_plugin_kind)k, &c->spec.slot[k], op, diag);
+        struct vlm__component *comp = vlm__component_get(d, (enum vlm_plugin_kind)k, &c->spec.slot[k], op, diag, why);
         if (!comp) {
             VLM_LOGE("chain %s: %s: %s", c->spec.name, kind_name(k), diag ? diag->msg : "cannot load");
             return diag ? diag->code : VLM_EINVAL;
@@ -410,8 +432,8 @@ void vlm__op_finish(struct vlmd *d, struct vlm__op *op) {
         struct vlm__conn *conn = op->conn;
         if (op->rc) {
             int wire = vlm_proto_err_from_code(op->rc);
-            char msg[VLM_PROTO_NAME_MAX + 64];
-            snprintf(msg, sizeof msg, "chain '%s': %s", c->spec.name, vlm_proto_err_text(wire));
+            char msg[VLM_PROTO_NAME_MAX + 128];
+            snprintf(msg, sizeof msg, "chain '%s': %s", c->spec.name, op->why ? op->why : vlm_proto_err_text(wire));
             vlm__conn_error(conn, op->msgid, wire, msg);
         } else {
             struct vlm_rpc_chain desc;
@@ -469,7 +491,7 @@ void vlm__chains_reload(struct vlmd *d, const struct vlm__config *old, const str
                 continue;
             }
             VLM_LOGI("reload: chain %s added", s->name);
-            vlm__chain_load(d, c, 0, NULL, &diag);
+            vlm__chain_load(d, c, 0, NULL, &diag, NULL);
             continue;
         }
         struct vlm__op *op = vlm__op_new(d, VLM__OP_RELOAD, NULL, 0, c);
@@ -489,7 +511,8 @@ void vlm__chains_reload(struct vlmd *d, const struct vlm__config *old, const str
                 continue;
             }
             op->swap_spec[k] = s->slot[k];
-            if (!(op->swap_in[k] = vlm__component_get(d, (enum vlm_plugin_kind)k, &s->slot[k], op, &op->diag))) {
+            if (!(op->swap_in[k] =
+                      vlm__component_get(d, (enum vlm_plugin_kind)k, &s->slot[k], op, &op->diag, &op->why))) {
                 op->rc = op->diag.code ? op->diag.code : VLM_EINVAL;
             }
         }

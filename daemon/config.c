@@ -162,6 +162,8 @@ static int set_daemon_key(struct vlm__config *cfg, const char *key, const char *
             return -1;
         }
         cfg->log_level = levels[i].level;
+    } else if (!strcmp(key, "allow_users") || !strcmp(key, "allow_groups")) {
+        return vlm__access_set(&cfg->access, key[6] == 'g', v, why, cap); // access.c
     } else {
         snprintf(why, cap, "unknown key '%s' in [daemon]", key);
         return -1;

@@ -1,6 +1,6 @@
 // vlmd: the daemon's start-up, signals and shutdown.
 //
-//   vlmd --socket /tmp/vlmd.sock --plugin-dir build/lib/vlmd/plugins --chain default=model.gguf
+//   vlmd --socket $XDG_RUNTIME_DIR/vlmd.sock --plugin-dir build/lib/vlmd/plugins --chain default=model.gguf
 //   vlmd --config /etc/vlmd/vlmd.conf
 //
 // SIGTERM/SIGINT: stop accepting, let running and queued requests finish within shutdown_timeout, cancel what
@@ -20,6 +20,7 @@
 static const char *const flag_keys[] = {
     "socket",      "plugin_dir",  "model_dir",   "default_chain", "threads",          "ctx_size",  "kv_type",
     "queue_depth", "max_clients", "max_message", "max_output",    "shutdown_timeout", "log_level", "chain",
+    "allow_users", "allow_groups",
 };
 #define N_FLAG_KEYS ((int)(sizeof flag_keys / sizeof flag_keys[0]))
 
@@ -45,6 +46,8 @@ static void usage(FILE *f) {
             "      --max-output SIZE      bytes a client may leave unread before it is dropped (default 8M)\n"
             "      --shutdown-timeout S   seconds running requests get after SIGTERM (default 10)\n"
             "      --log-level LEVEL      error, warn, info or debug (default info)\n"
+            "      --allow-users LIST     users allowed besides root and vlmd's own (names or ids; * = all)\n"
+            "      --allow-groups LIST    groups allowed (default: the socket file's group)\n"
             "  -v, --verbose              --log-level debug\n"
             "  -V, --version              print the version\n"
             "  -h, --help                 this help\n",
@@ -63,7 +66,7 @@ static void cancel_everything(struct vlmd *d) {
                 d->jobs_in_flight--;
                 vlm__rpc_ask_done(d, j);
             } else {
-                atomic_store(&j->cancel, true);
+                vlm__job_cancel(j);
             }
         }
     }
@@ -117,6 +120,7 @@ static void finish_step(uv_timer_t *t) {
         }
         // Stage 2: workers have nothing left: stop them; clients get a moment to read their last messages.
         d->stop_stage = 2;
+        vlm__sd_close(d);
         for (int i = 0; i < d->n_workers; i++) {
             vlm__worker_stop(&d->workers[i]);
         }
@@ -165,6 +169,7 @@ static void begin_shutdown(struct vlmd *d, const char *why) {
     VLM_LOGI("%s: stopping (%u requests and loads in flight, %.1f s to finish)", why, d->jobs_in_flight,
              d->cfg.shutdown_timeout_s);
     vlm__server_stop_accepting(d);
+    vlm__sd_stopping(d);
     uv_timer_start(&d->shutdown_timer, on_shutdown_timeout, (uint64_t)(d->cfg.shutdown_timeout_s * 1e3), 0);
     vlm__daemon_maybe_finish(d);
 }
@@ -194,6 +199,7 @@ static void reload(struct vlmd *d) {
     d->cfg.max_output = cfg.max_output;
     d->cfg.shutdown_timeout_s = cfg.shutdown_timeout_s;
     d->cfg.log_level = cfg.log_level;
+    d->cfg.access = cfg.access;
     vlm_log_set_level(cfg.log_level);
     memcpy(d->cfg.default_chain, cfg.default_chain, sizeof cfg.default_chain);
     vlm__chains_reload(d, &d->cfg, &cfg);
@@ -201,6 +207,7 @@ static void reload(struct vlmd *d) {
     d->cfg.chains = cfg.chains;
     d->cfg.n_chains = cfg.n_chains;
     VLM_LOGI("SIGHUP: configuration reloaded (%u chains)", cfg.n_chains);
+    vlm__sd_reloaded(d);
 }
 
 static void on_signal(uv_signal_t *s, int signum) {
@@ -342,9 +349,10 @@ int main(int argc, char **argv) {
             VLM_LOGE("out of memory");
             continue;
         }
-        vlm__chain_load(d, c, 0, NULL, &diag); // failures are logged; asks retry the load
+        vlm__chain_load(d, c, 0, NULL, &diag, NULL); // failures are logged; asks retry the load
     }
     d->exit_code = 0;
+    vlm__sd_start(d); // after the chains started loading: READY=1 once none is loading
     uv_run(&loop, UV_RUN_DEFAULT);
     VLM_LOGI("stopped");
     uv_loop_close(&loop);

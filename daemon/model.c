@@ -7,15 +7,17 @@
 #include "daemon/vlmd.h"
 #include "vlm/gguf.h"
 
-static int probe_arch(const char *path, char *arch, size_t cap, struct vlm_diag *diag) {
+static int probe_arch(const char *path, char *arch, size_t cap, struct vlm_diag *diag, const char **why) {
     struct vlm_gguf *g;
     int rc = vlm_gguf_open(path, &g, diag);
     if (rc) {
+        *why = rc == VLM_ENOMEM ? VLM__WHY_OUT_OF_MEMORY : VLM__WHY_NOT_GGUF;
         return rc;
     }
     struct vlm_gguf_str s;
     if (vlm_gguf_get_str(g, "general.architecture", &s, NULL) != 0) {
         vlm_gguf_close(g);
+        *why = VLM__WHY_NO_ARCH;
         return vlm_diag_set(diag, VLM_EBADMODEL, "%s: no general.architecture key", path);
     }
     snprintf(arch, cap, "%.*s", (int)(s.len < cap - 1 ? s.len : cap - 1), s.ptr);
@@ -33,22 +35,37 @@ void vlm__model_load(struct vlm__worker *w, struct vlm__component *c) {
     double t0 = vlm_time_ms();
     struct vlm__plugin_entry *e = NULL;
     char arch[64] = "";
-    int rc = probe_arch(c->path, arch, sizeof arch, diag);
+    c->load_why = NULL;
+    int rc = probe_arch(c->path, arch, sizeof arch, diag, &c->load_why);
     if (rc) {
+        if (rc != VLM_ENOMEM) { // whatever the reader's reason (truncated, bad magic, ...): not a usable model
+            rc = VLM_EBADMODEL;
+        }
         goto fail;
     }
     if (c->plugin_req[0]) {
         e = vlm__registry_find(&d->reg, c->plugin_req);
         if (!e || e->kind != c->kind) {
             rc = vlm_diag_set(diag, VLM_ENOTFOUND, "no %s plugin named '%s'", kind_name(c->kind), c->plugin_req);
+            c->load_why = VLM__WHY_PLUGIN_NOT_FOUND;
             goto fail;
         }
     } else if (!(e = vlm__registry_for_arch(&d->reg, c->kind, arch))) {
-        rc = vlm_diag_set(diag, VLM_ENOTFOUND, "%s: no %s plugin handles architecture '%s'", c->name,
-                          kind_name(c->kind), arch);
+        // A model some plugin of another kind takes (an LLM given as an encoder, an mmproj as the LLM) is the
+        // wrong kind of model; one nobody takes needs a plugin we do not have.
+        bool other = false;
+        for (int k = VLM_PLUGIN_KIND_ENCODER; k <= VLM_PLUGIN_KIND_LLM; k++) {
+            other |= k != (int)c->kind && vlm__registry_for_arch(&d->reg, (enum vlm_plugin_kind)k, arch) != NULL;
+        }
+        rc = vlm_diag_set(diag, other ? VLM_EBADMODEL : VLM_EUNSUPPORTED,
+                          "%s: no %s plugin handles architecture '%s'%s", c->name, kind_name(c->kind), arch,
+                          other ? " (a plugin of another kind does)" : "");
+        c->load_why = other ? VLM__WHY_WRONG_KIND : VLM__WHY_NO_PLUGIN;
         goto fail;
     }
     if ((rc = vlm_plugin_open(e->path, &c->plugin, diag)) != 0) {
+        c->load_why = VLM__WHY_PLUGIN_OPEN;
+        rc = VLM_EABI; // answered PLUGIN_INVALID whatever the loader's reason
         goto fail;
     }
     const struct vlm_plugin_desc *desc = vlm_plugin_desc(c->plugin);
@@ -78,6 +95,13 @@ void vlm__model_load(struct vlm__worker *w, struct vlm__component *c) {
         break;
     }
     if (rc) {
+        // The plugin's own reason stays in the log; the client learns it was the model the plugin refused.
+        if (rc == VLM_ENOMEM) {
+            c->load_why = VLM__WHY_OUT_OF_MEMORY;
+        } else if (rc != VLM_EDEVICE) {
+            c->load_why = VLM__WHY_MODEL_REFUSED;
+            rc = VLM_EBADMODEL;
+        }
         goto fail;
     }
     c->loaded_entry = e;

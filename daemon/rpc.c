@@ -21,6 +21,14 @@ static void reply_chain_error(struct vlm__conn *c, uint32_t msgid, int wire, con
     vlm__conn_error(c, msgid, wire, msg);
 }
 
+// A load, swap or chain-load failure: the code from `rc`, the fixed text `why` (vlm__why); details are logged.
+static void reply_why(struct vlm__conn *c, uint32_t msgid, int rc, const char *chain, const char *why) {
+    int wire = vlm_proto_err_from_code(rc);
+    char msg[VLM_PROTO_NAME_MAX + 128];
+    snprintf(msg, sizeof msg, "chain '%s': %s", chain, why ? why : vlm_proto_err_text(wire));
+    vlm__conn_error(c, msgid, wire, msg);
+}
+
 // ---- hello ------------------------------------------------------------------------------------------------
 
 static void on_hello(struct vlm__conn *c, const struct vlm_proto_msg *msg) {
@@ -153,12 +161,15 @@ static void on_ask(struct vlm__conn *c, const struct vlm_proto_msg *msg) {
         return;
     }
     // A chain that is not loaded (unloaded, or its load failed) loads now; the ask waits behind the load in
-    // the worker's queue.
-    struct vlm__component *llm = chain->slot[VLM_PLUGIN_KIND_LLM];
-    if (!llm || llm->state == VLM__COMP_FAILED) {
-        if ((rc = vlm__chain_load(d, chain, 0, NULL, &diag)) != 0) {
-            reply_chain_error(c, msg->msgid, vlm_proto_err_from_code(rc), "cannot load chain",
-                              vlm_proto_str_c(chain->spec.name));
+    // the worker's queue. An image ask needs the encoder and projector too.
+    bool missing = false;
+    for (int k = a.n_images > 0 ? VLM_PLUGIN_KIND_ENCODER : VLM_PLUGIN_KIND_LLM; k <= VLM_PLUGIN_KIND_LLM; k++) {
+        missing |= !chain->slot[k] || chain->slot[k]->state == VLM__COMP_FAILED;
+    }
+    if (missing) {
+        const char *why = NULL;
+        if ((rc = vlm__chain_load(d, chain, 0, NULL, &diag, &why)) != 0) {
+            reply_why(c, msg->msgid, rc, chain->spec.name, why);
             return;
         }
     }
@@ -213,14 +224,26 @@ void vlm__rpc_ask_done(struct vlmd *d, struct vlm__job *job) {
         job->chain->active--;
     }
     const struct vlm_generate_stats *st = &job->stats;
+    // Tokens sampled after the cancel arrived (-1: it was never running when cancelled). n_gen_live may lag the
+    // true count by one token, never lead it, so this errs high, never low.
+    int after_cancel = job->gen_at_cancel >= 0 ? st->n_gen - job->gen_at_cancel : -1;
+    if (after_cancel < -1) {
+        after_cancel = 0;
+    }
     if (job->rc == 0) {
         VLM_LOGI("req %llu: done: %d prompt + %d generated tokens, prefill %.1f ms, decode %.1f ms (%.1f tok/s), "
                  "queued %.1f ms",
                  (unsigned long long)job->rid, st->n_prompt, st->n_gen, st->prefill_ms, st->decode_ms,
                  st->decode_ms > 0 ? st->n_decode / (st->decode_ms / 1e3) : 0.0, ms_between(job->t_queued, job->t_start));
     } else if (job->rc == VLM_ECANCELED) {
-        VLM_LOGI("req %llu: cancelled after %d tokens%s", (unsigned long long)job->rid, st->n_gen,
-                 c ? "" : " (client gone)");
+        if (after_cancel >= 0) {
+            VLM_LOGI("req %llu: cancelled after %d tokens: %d generated after the cancel arrived, stopped %.2f ms "
+                     "after it%s",
+                     (unsigned long long)job->rid, st->n_gen, after_cancel, ms_between(job->t_cancel, job->t_end),
+                     c ? "" : " (client gone)");
+        } else {
+            VLM_LOGI("req %llu: cancelled before it ran%s", (unsigned long long)job->rid, c ? "" : " (client gone)");
+        }
     } else {
         VLM_LOGE("req %llu: failed: %s", (unsigned long long)job->rid, job->diag.msg);
     }
@@ -250,7 +273,12 @@ void vlm__rpc_ask_done(struct vlmd *d, struct vlm__job *job) {
                 vlm__conn_error(c, job->msgid, VLM_PROTO_EINTERNAL, NULL);
             }
         } else if (job->rc == VLM_ECANCELED) {
-            vlm__conn_error(c, job->msgid, job->cancel_code, NULL);
+            char msg[96];
+            if (after_cancel >= 0) {
+                snprintf(msg, sizeof msg, "%s: %d tokens generated after the cancel arrived",
+                         vlm_proto_err_text(job->cancel_code), after_cancel);
+            }
+            vlm__conn_error(c, job->msgid, job->cancel_code, after_cancel >= 0 ? msg : NULL);
         } else {
             int wire = vlm_proto_err_from_code(job->rc);
             // Only our own request-level messages go to the client; model and plugin messages stay in the log.
@@ -285,7 +313,7 @@ static void on_cancel(struct vlm__conn *c, const struct vlm_proto_msg *msg) {
         c->d->jobs_in_flight--;
         vlm__rpc_ask_done(c->d, job);
     } else {
-        atomic_store(&job->cancel, true); // the worker stops at the next token (or layer)
+        vlm__job_cancel(job); // the worker stops at the next token (or layer)
     }
 }
 
@@ -419,7 +447,7 @@ static void start_swap(struct vlm__conn *c, uint32_t msgid, struct vlm__chain *c
         return;
     }
     op->swap_spec[kind] = *slot;
-    op->swap_in[kind] = vlm__component_get(d, (enum vlm_plugin_kind)kind, slot, op, &op->diag);
+    op->swap_in[kind] = vlm__component_get(d, (enum vlm_plugin_kind)kind, slot, op, &op->diag, &op->why);
     if (!op->swap_in[kind]) {
         op->rc = op->diag.code ? op->diag.code : VLM_EINVAL;
     }
@@ -473,6 +501,16 @@ static void on_component(struct vlm__conn *c, const struct vlm_proto_msg *msg) {
         return;
     }
     // load
+    if (!slot.model[0] && slot.plugin[0] && chain && chain->spec.slot[kind].model[0]) {
+        // the same model through another plugin: a swap of the plugin
+        snprintf(slot.model, sizeof slot.model, "%s", chain->spec.slot[kind].model);
+        slot.paths = chain->spec.slot[kind].paths;
+    }
+    if (!slot.model[0] && slot.plugin[0]) {
+        vlm__conn_error(c, msg->msgid, chain ? VLM_PROTO_EBAD_REQUEST : VLM_PROTO_ENOT_FOUND,
+                        chain ? "field 'plugin': the chain has no such component; give a 'model' too" : "no chain");
+        return;
+    }
     if (slot.model[0]) {
         kind = kind ? kind : VLM_PLUGIN_KIND_LLM;
         if (chain) {
@@ -480,14 +518,18 @@ static void on_component(struct vlm__conn *c, const struct vlm_proto_msg *msg) {
             return;
         }
         // A chain created at run time: it starts with its LLM; vision components come with later loads.
+        char name[VLM_PROTO_NAME_MAX + 1] = {0};
+        memcpy(name, r.chain.ptr, r.chain.len);
         if (kind != VLM_PLUGIN_KIND_LLM) {
-            vlm__conn_error(c, msg->msgid, VLM_PROTO_EBAD_REQUEST, "a new chain starts with its llm");
+            reply_why(c, msg->msgid, VLM_EINVAL, name, VLM__WHY_NEW_CHAIN_KIND);
             return;
         }
         char path[PATH_MAX];
         uint64_t size;
-        if ((rc = vlm__model_resolve(d, slot.model, false, path, sizeof path, &size, &diag)) != 0) {
-            reply_diag(c, msg->msgid, rc, &diag);
+        const char *why = NULL;
+        if ((rc = vlm__model_resolve(d, slot.model, false, path, sizeof path, &size, &diag, &why)) != 0) {
+            VLM_LOGI("conn %llu: chain %s: load refused: %s", (unsigned long long)c->id, name, diag.msg);
+            reply_why(c, msg->msgid, rc, name, why);
             return;
         }
         struct vlm__chain_spec spec = {0};
@@ -508,7 +550,7 @@ static void on_component(struct vlm__conn *c, const struct vlm_proto_msg *msg) {
         vlm__conn_error(c, msg->msgid, VLM_PROTO_EOUT_OF_MEMORY, NULL);
         return;
     }
-    if ((rc = vlm__chain_load(d, chain, kind, op, &op->diag)) != 0) {
+    if ((rc = vlm__chain_load(d, chain, kind, op, &op->diag, &op->why)) != 0) {
         op->rc = rc;
     }
     vlm__op_finish(d, op);

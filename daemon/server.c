@@ -48,7 +48,7 @@ static void detach_work(struct vlm__conn *c) {
             d->jobs_in_flight--;
             vlm__rpc_ask_done(d, j);
         } else {
-            atomic_store(&j->cancel, true);
+            vlm__job_cancel(j);
         }
     }
     c->jobs = NULL;
@@ -267,7 +267,9 @@ static void on_connection(uv_stream_t *server, int status) {
         vlm__conn_close_after_write(c, "too many clients");
         return;
     }
-    VLM_LOGD("conn %llu: accepted", (unsigned long long)c->id);
+    if (!vlm__access_admit(c)) { // access.c: SO_PEERCRED against allow_users / allow_groups
+        return;
+    }
     uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 
@@ -284,8 +286,69 @@ static bool socket_alive(const char *path) {
     return alive;
 }
 
+// The socket passed by systemd (vlmd.socket): already bound with its mode and group, and listening.
+static int listen_activated(struct vlmd *d, int fd, const char *path, struct vlm_diag *diag) {
+    int rc = uv_pipe_init(d->loop, &d->server, 0);
+    if (rc == 0 && (rc = uv_pipe_open(&d->server, fd)) != 0) {
+        uv_close((uv_handle_t *)&d->server, NULL);
+    }
+    if (rc) {
+        close(fd);
+        return vlm_diag_set(diag, VLM_EIO, "socket activation: %s", uv_strerror(rc));
+    }
+    d->server.data = d;
+    // listen() again only updates the backlog: keep systemd's (Backlog=, up to somaxconn), not a smaller one.
+    if ((rc = uv_listen((uv_stream_t *)&d->server, SOMAXCONN, on_connection)) != 0) {
+        uv_close((uv_handle_t *)&d->server, NULL);
+        return vlm_diag_set(diag, VLM_EIO, "socket activation: cannot listen: %s", uv_strerror(rc));
+    }
+    struct stat st;
+    d->socket_activated = true;
+    d->socket_gid_known = path[0] && stat(path, &st) == 0;
+    d->socket_gid = d->socket_gid_known ? st.st_gid : 0;
+    d->listening = true;
+    VLM_LOGI("listening on %s (socket activation)", path[0] ? path : "a socket passed by systemd");
+    return 0;
+}
+
+// A socket vlmd binds itself must not sit in a directory others can write to: another user could replace the
+// file (or plant one) between our checks and a client's connect. The directory is created (0755) if missing.
+static int check_socket_dir(const char *path, struct vlm_diag *diag) {
+    char dir[108];
+    const char *slash = strrchr(path, '/');
+    if (!slash) {
+        snprintf(dir, sizeof dir, ".");
+    } else {
+        snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 && errno == ENOENT && mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        return vlm_diag_set(diag, VLM_EIO, "%s: cannot create the socket's directory: %s", dir, strerror(errno));
+    }
+    if (stat(dir, &st) != 0) {
+        return vlm_diag_set(diag, VLM_EIO, "%s: %s", dir, strerror(errno));
+    }
+    if (st.st_mode & S_IWOTH) {
+        return vlm_diag_set(diag, VLM_EINVAL, "%s: the socket's directory is world-writable: choose a directory only "
+                                              "the daemon's user can write to (e.g. /run/vlmd)", dir);
+    }
+    return 0;
+}
+
 int vlm__server_listen(struct vlmd *d, struct vlm_diag *diag) {
     const char *path = d->cfg.socket_path;
+    char activated_path[sizeof d->cfg.socket_path];
+    int sd_fd;
+    int rc0 = vlm__sd_listen_fd(&sd_fd, activated_path, sizeof activated_path, diag); // sd.c
+    if (rc0) {
+        return rc0;
+    }
+    if (sd_fd >= 0) {
+        return listen_activated(d, sd_fd, activated_path, diag);
+    }
+    if ((rc0 = check_socket_dir(path, diag)) != 0) {
+        return rc0;
+    }
     struct stat st;
     if (lstat(path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
@@ -316,6 +379,8 @@ int vlm__server_listen(struct vlmd *d, struct vlm_diag *diag) {
         return vlm_diag_set(diag, VLM_EIO, "%s: cannot listen: %s", path, uv_strerror(rc));
     }
     d->listening = true;
+    d->socket_gid_known = stat(path, &st) == 0;
+    d->socket_gid = d->socket_gid_known ? st.st_gid : 0;
     VLM_LOGI("listening on %s", path);
     return 0;
 }
@@ -326,5 +391,7 @@ void vlm__server_stop_accepting(struct vlmd *d) {
     }
     d->listening = false;
     uv_close((uv_handle_t *)&d->server, NULL);
-    unlink(d->cfg.socket_path);
+    if (!d->socket_activated) { // systemd's socket outlives us: clients queue on it until the next start
+        unlink(d->cfg.socket_path);
+    }
 }

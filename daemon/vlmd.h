@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <uv.h>
 
@@ -53,6 +54,16 @@ struct vlm__chain_spec {
     struct vlm__slot_spec slot[VLMD_SLOTS];
 };
 
+// allow_users / allow_groups (access.c): who may use the socket besides root and the daemon's own user.
+#define VLMD_ACCESS_MAX 64
+struct vlm__access {
+    bool users_set, groups_set; // given in the config (else: no extra users; the socket file's group)
+    bool any_user;              // allow_users = *
+    uint32_t n_uids, n_gids;
+    uint32_t uids[VLMD_ACCESS_MAX];
+    uint32_t gids[VLMD_ACCESS_MAX];
+};
+
 struct vlm__config {
     char file[PATH_MAX];        // the config file ("" = none)
     char socket_path[108];      // sun_path limit
@@ -70,6 +81,7 @@ struct vlm__config {
     enum vlm_log_level log_level;
     uint32_t n_chains;
     struct vlm__chain_spec *chains; // malloc'd
+    struct vlm__access access;
 };
 
 // A command-line setting, applied over the file's (every flag is a [daemon] key, or a chain).
@@ -148,7 +160,8 @@ struct vlm__component {
     struct vlm_encoder_info enc_info;
     struct vlm_projector_info proj_info;
     int load_rc;
-    struct vlm_diag load_diag;
+    struct vlm_diag load_diag;                // for the log (may hold paths)
+    const char *load_why;                     // fixed text for clients (see vlm__why)
     double load_ms;
 };
 
@@ -175,7 +188,8 @@ struct vlm__op {
     struct vlm__chain *chain; // ref
     int pending;              // components still loading
     int rc;                   // first failure
-    struct vlm_diag diag;
+    struct vlm_diag diag;     // for the log
+    const char *why;          // fixed text for the client (static; NULL: the wire code's text)
     struct vlm__component *swap_in[VLMD_SLOTS]; // refs: components to switch in when all loaded
     struct vlm__slot_spec swap_spec[VLMD_SLOTS]; // what the chain's spec becomes for those slots
     unsigned clear_mask;                         // slots (1 << kind) to empty on success (reload)
@@ -191,14 +205,15 @@ void vlm__chain_unref(struct vlmd *d, struct vlm__chain *c);
 // Creates a chain from `spec` (not loaded). NULL on out of memory.
 struct vlm__chain *vlm__chain_add(struct vlmd *d, const struct vlm__chain_spec *spec);
 // Starts loading the chain's components that are not loaded; `op` (may be NULL) waits for them. Returns 0 or
-// an error (bad model name, unknown plugin) with diag; components already asked for are kept.
-int vlm__chain_load(struct vlmd *d, struct vlm__chain *c, int kind, struct vlm__op *op, struct vlm_diag *diag);
+// an error (bad model name, unknown plugin) with diag and *why; components already asked for are kept.
+int vlm__chain_load(struct vlmd *d, struct vlm__chain *c, int kind, struct vlm__op *op, struct vlm_diag *diag,
+                    const char **why);
 // Releases the chain's components (kind 0: all). Running requests keep theirs.
 void vlm__chain_unload(struct vlmd *d, struct vlm__chain *c, int kind);
 // Finds or creates (and starts loading) the component for `spec`; returns a new reference. `op` waits for it
-// when it is still loading. NULL with diag on a bad name or plugin.
+// when it is still loading. NULL with diag and *why on a bad name or plugin.
 struct vlm__component *vlm__component_get(struct vlmd *d, enum vlm_plugin_kind kind, const struct vlm__slot_spec *spec,
-                                          struct vlm__op *op, struct vlm_diag *diag);
+                                          struct vlm__op *op, struct vlm_diag *diag, const char **why);
 void vlm__component_ref(struct vlm__component *comp);
 void vlm__component_unref(struct vlmd *d, struct vlm__component *comp);
 // Called on the loop when a component's load job completed.
@@ -216,9 +231,28 @@ void vlm__op_finish(struct vlmd *d, struct vlm__op *op);
 struct vlm__op *vlm__op_new(struct vlmd *d, enum vlm__op_kind kind, struct vlm__conn *conn, uint32_t msgid,
                             struct vlm__chain *chain);
 // Resolves a model name (relative to the model dir, no "..", regular file, not outside it through a symlink)
-// or, with `paths`, a path as given. Returns 0 or VLM_ENOTFOUND / VLM_EINVAL with diag.
+// or, with `paths`, a path as given. Returns 0 or VLM_ENOTFOUND / VLM_EINVAL with diag (for the log) and *why.
 int vlm__model_resolve(const struct vlmd *d, const char *name, bool paths, char *out, size_t cap, uint64_t *size,
-                       struct vlm_diag *diag);
+                       struct vlm_diag *diag, const char **why);
+
+// Why a load or swap failed, as its client reads it: fixed texts, never a path, a model name or a library's
+// message (those go to the log under the request's id). The wire code comes from the VLM_E* code beside it.
+#define VLM__WHY_NAME_LENGTH "model name must be 1..1023 bytes"
+#define VLM__WHY_NAME_ABSOLUTE "model name must be relative to the model directory"
+#define VLM__WHY_NAME_DOTDOT "model name must not contain '.', '..' or empty path components"
+#define VLM__WHY_MODEL_NOT_FOUND "model not found"
+#define VLM__WHY_MODEL_NOT_FILE "model is not a regular file"
+#define VLM__WHY_PATH_TOO_LONG "model path too long"
+#define VLM__WHY_PLUGIN_NOT_FOUND "no plugin of this component kind has that name"
+#define VLM__WHY_NOT_GGUF "model file is not a valid GGUF file"
+#define VLM__WHY_NO_ARCH "model file has no general.architecture"
+#define VLM__WHY_WRONG_KIND "not a model for this component kind"
+#define VLM__WHY_NO_PLUGIN "no plugin handles the model's architecture"
+#define VLM__WHY_PLUGIN_OPEN "the plugin could not be opened"
+#define VLM__WHY_MODEL_REFUSED "the plugin refused the model file"
+#define VLM__WHY_OUT_OF_MEMORY "out of memory"
+#define VLM__WHY_NEW_CHAIN_KIND "a new chain starts with its llm"
+
 
 // ---- jobs and workers (worker.c) ---------------------------------------------------------------------------
 
@@ -251,6 +285,11 @@ struct vlm__job {
     size_t image_len[VLM_RPC_IMAGES_MAX];
     atomic_bool cancel;
     int cancel_code;                 // wire code to answer a cancelled ask with (CANCELLED, SHUTTING_DOWN)
+    // Tokens sampled so far, bumped by the worker as each generated token goes into the model (so it may lag
+    // the true count by the token being sampled, never lead it): what "stops within one token" is measured by.
+    atomic_int n_gen_live;
+    int32_t gen_at_cancel;           // loop: n_gen_live when the cancel arrived (-1: not cancelled)
+    double t_cancel;                 // loop: when it arrived
     // shared with the loop under d->out_mu
     bool in_out;                     // on d->out
     bool done;                       // the worker finished it
@@ -306,6 +345,9 @@ void vlm__job_free(struct vlm__job *job);
 void vlm__worker_drain(struct vlmd *d);
 // Worker side: the loop has something to send for `job` (streamed text, progress; `done` set under out_mu).
 void vlm__job_post(struct vlmd *d, struct vlm__job *job, bool done);
+// Loop side: stops a running ask at its next token (or layer), noting how far it had got so the tokens generated
+// after the cancel can be reported. Idempotent.
+void vlm__job_cancel(struct vlm__job *job);
 // The vlm_host.should_cancel hook (user = the worker): true when the running job was cancelled.
 bool vlm__worker_should_cancel(void *user);
 
@@ -333,6 +375,9 @@ struct vlm__conn {
     bool draining;              // answered a fatal error: close once written
     const char *why;            // static text: why it is being closed (logs)
     uv_shutdown_t shutdown_req;
+    uid_t peer_uid;             // SO_PEERCRED at accept (access.c)
+    gid_t peer_gid;
+    pid_t peer_pid;
 };
 
 int vlm__server_listen(struct vlmd *d, struct vlm_diag *diag);
@@ -388,10 +433,34 @@ struct vlmd {
     bool shutdown_forced;             // the timeout passed: everything still running was cancelled
     int stop_stage;                   // 0 requests finishing, 1 models unloading, 2 clients reading, 3 done
     int exit_code;
+    bool socket_activated;            // the listening socket came from systemd: never unlinked (sd.c)
+    bool socket_gid_known;
+    gid_t socket_gid;                 // group of the socket file: allowed by default (access.c)
+    uv_timer_t sd_timer;              // readiness, STATUS=, WATCHDOG=1 (sd.c)
     char read_buf[64 * 1024];
 };
 
 // main.c: called by the modules when a job or an op completed, so a pending shutdown can go on.
 void vlm__daemon_maybe_finish(struct vlmd *d);
+
+// ---- service integration (sd.c, access.c, modelpath.c) -----------------------------------------------------
+
+// Socket activation: *fd = the listening socket passed by systemd (and `path` its file), or -1 when vlmd was
+// not socket-activated. Fails when fds were passed but none is a listening Unix stream socket.
+int vlm__sd_listen_fd(int *fd, char *path, size_t path_cap, struct vlm_diag *diag);
+// Starts the loop timer that sends STATUS=/READY=1 once no configured model is loading, and WATCHDOG=1.
+void vlm__sd_start(struct vlmd *d);
+void vlm__sd_stopping(struct vlmd *d);
+void vlm__sd_reloaded(struct vlmd *d);
+void vlm__sd_close(struct vlmd *d);
+// Parses an allow_users (groups false) or allow_groups list: names or ids, comma or space separated; "*" (users)
+// allows everyone who can open the socket. Returns 0, or -1 with the reason in `why`.
+int vlm__access_set(struct vlm__access *a, bool groups, const char *value, char *why, size_t cap);
+// Checks an accepted client's credentials; logs them. A refused client is answered PERMISSION and closed (false).
+bool vlm__access_admit(struct vlm__conn *c);
+// Resolves `name` inside `model_dir` with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) and O_PATH: no "..", no
+// absolute path, no symlink, regular files only; nothing is opened for reading. Fills `out` with the file's path.
+int vlm__model_beneath(const char *model_dir, const char *name, char *out, size_t cap, uint64_t *size,
+                       struct vlm_diag *diag, const char **why);
 
 #endif // VLMD_H

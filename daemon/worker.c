@@ -13,7 +13,9 @@ struct vlm__job *vlm__job_new(enum vlm__job_kind kind) {
     if (job) {
         job->kind = kind;
         atomic_init(&job->cancel, false);
+        atomic_init(&job->n_gen_live, 0);
         job->cancel_code = VLM_PROTO_ECANCELLED;
+        job->gen_at_cancel = -1;
     }
     return job;
 }
@@ -33,6 +35,14 @@ void vlm__job_free(struct vlm__job *job) {
     free(job->sending);
     free(job->text);
     free(job);
+}
+
+void vlm__job_cancel(struct vlm__job *job) {
+    if (job->gen_at_cancel < 0) {
+        job->gen_at_cancel = atomic_load(&job->n_gen_live);
+        job->t_cancel = vlm_time_ms();
+    }
+    atomic_store(&job->cancel, true);
 }
 
 bool vlm__worker_should_cancel(void *user) {

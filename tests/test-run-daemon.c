@@ -526,39 +526,85 @@ static void test_concurrent(void **state) {
     print_message("concurrent: %d clients answered identically in %.1f ms\n", N, now_ms() - t0);
 }
 
+// Tokens the daemon generated after a cancel arrived, from its log line "... N generated after the cancel
+// arrived ..." that contains `tag` (the last such line); -1 while there is none. *n_lines: how many there are.
+static int log_after_cancel(const char *tag, int *n_lines) {
+    char *log = vlm_test_read_file(g_log, NULL);
+    int n = -1, lines = 0;
+    for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n")) {
+        const char *p = strstr(line, " generated after the cancel arrived");
+        if (p && strstr(line, tag)) {
+            lines++;
+            while (p > line && p[-1] >= '0' && p[-1] <= '9') {
+                p--;
+            }
+            n = atoi(p);
+        }
+    }
+    free(log);
+    if (n_lines) {
+        *n_lines = lines;
+    }
+    return n;
+}
+
 static void test_cancel(void **state) {
     (void)state;
     struct client c;
     client_open(&c);
-    send_ask(&c, 11, LONG_TOKENS, true);
-    wait_first_text(&c, 11);
-    struct vlm_rpc_cancel cp = {.id = 11};
-    assert_int_equal(vlm_rpc_cancel_encode(&c.out, 12, &cp), 0);
-    double t0 = now_ms();
-    client_flush(&c);
-    struct vlm_proto_msg msg;
-    bool got_cancel_result = false;
-    int ask_code = -1;
-    while (ask_code < 0) {
-        assert_int_equal(client_next(&c, &msg, TIMEOUT_MS), 1);
-        if (msg.type != VLM_PROTO_RESPONSE) {
-            continue;
+    // Cancels at different points of the generation (right after the first piece, then a few ms later): each
+    // time the daemon says how many tokens it generated after the cancel arrived, and that is at most one.
+    static const int delays_us[] = {0, 300, 1000, 2500, 5000};
+    int worst = 0;
+    double worst_ms = 0;
+    for (uint32_t k = 0; k < sizeof delays_us / sizeof delays_us[0]; k++) {
+        uint32_t ask_id = 11 + 10 * k, cancel_id = 12 + 10 * k;
+        send_ask(&c, ask_id, LONG_TOKENS, true);
+        wait_first_text(&c, ask_id);
+        usleep((useconds_t)delays_us[k]);
+        struct vlm_rpc_cancel cp = {.id = ask_id};
+        assert_int_equal(vlm_rpc_cancel_encode(&c.out, cancel_id, &cp), 0);
+        double t0 = now_ms();
+        client_flush(&c);
+        struct vlm_proto_msg msg;
+        bool got_cancel_result = false;
+        int ask_code = -1;
+        char message[256] = "";
+        while (ask_code < 0) {
+            assert_int_equal(client_next(&c, &msg, TIMEOUT_MS), 1);
+            if (msg.type != VLM_PROTO_RESPONSE) {
+                continue;
+            }
+            struct vlm_rpc_error e;
+            int er = vlm_proto_error_decode(&msg, &e, NULL);
+            if (msg.msgid == cancel_id) {
+                assert_int_equal(er, 0);
+                got_cancel_result = true;
+            } else if (msg.msgid == ask_id) {
+                ask_code = er == 1 ? e.code : 0;
+                if (er == 1) {
+                    snprintf(message, sizeof message, "%.*s", (int)e.message.len, e.message.ptr);
+                }
+            }
         }
-        struct vlm_rpc_error e;
-        int er = vlm_proto_error_decode(&msg, &e, NULL);
-        if (msg.msgid == 12) {
-            assert_int_equal(er, 0);
-            got_cancel_result = true;
-        } else if (msg.msgid == 11) {
-            ask_code = er == 1 ? e.code : 0;
-        }
+        double dt = now_ms() - t0;
+        assert_true(got_cancel_result);
+        assert_int_equal(ask_code, VLM_PROTO_ECANCELLED);
+        // "cancelled: N tokens generated after the cancel arrived"
+        int after = -1;
+        assert_int_equal(sscanf(message, "cancelled: %d tokens generated after the cancel arrived", &after), 1);
+        assert_true(after >= 0);
+        assert_true(after <= 1);
+        assert_int_equal(log_after_cancel("cancelled after", NULL), after); // the log says the same
+        worst = after > worst ? after : worst;
+        worst_ms = dt > worst_ms ? dt : worst_ms;
     }
-    double dt = now_ms() - t0;
-    print_message("cancel: the ask ended %.2f ms after the cancel was sent\n", dt);
-    assert_true(got_cancel_result);
-    assert_int_equal(ask_code, VLM_PROTO_ECANCELLED);
+    print_message("cancel: %zu cancels, at most %d token generated after the cancel arrived; the ask ended at most "
+                  "%.2f ms after the cancel was sent\n",
+                  sizeof delays_us / sizeof delays_us[0], worst, worst_ms);
     // Cancelling something unknown is a clear error.
-    cp.id = 999;
+    struct vlm_proto_msg msg;
+    struct vlm_rpc_cancel cp = {.id = 999};
     assert_int_equal(vlm_rpc_cancel_encode(&c.out, 13, &cp), 0);
     client_flush(&c);
     assert_int_equal(wait_response(&c, 13, &msg), VLM_PROTO_ENOT_FOUND);
@@ -568,15 +614,33 @@ static void test_cancel(void **state) {
 
 static void test_disconnect(void **state) {
     (void)state;
-    struct client c;
-    client_open(&c);
-    send_ask(&c, 21, LONG_TOKENS, true);
-    wait_first_text(&c, 21);
-    double t0 = now_ms();
-    client_close(&c);
-    double idle = wait_idle(2000);
-    print_message("disconnect: worker free %.2f ms after the client closed mid-stream (%.2f ms polling)\n",
-                  now_ms() - t0, idle);
+    int worst = 0;
+    for (int k = 0; k < 3; k++) {
+        struct client c;
+        client_open(&c);
+        send_ask(&c, 21, LONG_TOKENS, true);
+        wait_first_text(&c, 21);
+        usleep((useconds_t)(k * 1000));
+        double t0 = now_ms();
+        client_close(&c);
+        double idle = wait_idle(2000);
+        print_message("disconnect: worker free %.2f ms after the client closed mid-stream (%.2f ms polling)\n",
+                      now_ms() - t0, idle);
+        // The daemon logs how many tokens it generated after it saw the client go (the worker is idle before the
+        // loop writes that line: wait for it).
+        int after = -1, n_lines = 0;
+        double t1 = now_ms();
+        while (n_lines <= k) {
+            assert_true(now_ms() - t1 < 2000);
+            usleep(1000);
+            after = log_after_cancel("(client gone)", &n_lines);
+        }
+        assert_true(after >= 0);
+        assert_true(after <= 1);
+        worst = after > worst ? after : worst;
+    }
+    print_message("disconnect: 3 disconnects, at most %d token generated after the daemon saw the client go\n",
+                  worst);
     ask_ok();
 }
 

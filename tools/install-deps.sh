@@ -9,6 +9,9 @@ packages=(
     libuv1-dev libinih-dev               # the daemon: event loop, config file
     libjpeg62-turbo-dev libpng-dev libwebp-dev   # image decoders
     clang libclang-rt-14-dev             # fuzz targets (libFuzzer) and sanitizer runtimes
+    libsystemd-dev                       # vlmd: sd_notify, sd_listen_fds (socket activation)
+    systemd                              # tests and CI checks only: systemd-socket-activate, systemd-analyze
+    lintian                              # CI check of the .deb (cpack)
 )
 missing=()
 for p in "${packages[@]}"; do

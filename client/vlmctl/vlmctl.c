@@ -788,7 +788,7 @@ static void not_running_help(const char *path) {
             "    systemctl start vlmd.socket     (the system service, listening on %s)\n"
             "or run it by hand:\n"
             "    vlmd --socket %s --chain default=MODEL.gguf\n",
-            VLM_CLIENT_DEFAULT_SOCKET, is_default ? "/tmp/vlmd.sock" : path);
+            VLM_CLIENT_DEFAULT_SOCKET, is_default ? "$XDG_RUNTIME_DIR/vlmd.sock" : path);
     if (is_default) {
         fprintf(stderr, "and point vlmctl at it with --socket PATH or VLMD_SOCKET=PATH.\n");
     }

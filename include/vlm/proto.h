@@ -81,7 +81,8 @@ VLM_API struct vlm_proto_limits vlm_proto_client_limits(void);
     XX(MAX_CLIENTS, 16, "too many clients")                                                                    \
     XX(TIMEOUT, 17, "timeout")                                                                                 \
     XX(INTERNAL, 18, "internal error")                                                                         \
-    XX(UNSUPPORTED, 19, "unsupported")
+    XX(UNSUPPORTED, 19, "unsupported")                                                                         \
+    XX(PERMISSION, 20, "permission denied")
 
 enum vlm_proto_err {
 #define VLM_PROTO_ERR_ENUM(name, value, text) VLM_PROTO_E##name = (value),
