@@ -33,14 +33,35 @@ struct ask_ctx {
     bool oom;
 };
 
-static bool on_piece(const char *text, size_t len, void *user) {
+// A model may emit the byte token <0x00>; protocol strings are UTF-8 without NUL (PROTOCOL.md), so a NUL in the
+// answer becomes U+FFFD, as any other byte that is not text would. Writes into `out` (room for 3 * len bytes).
+static size_t text_for_wire(const char *text, size_t len, char *out) {
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] == 0) {
+            memcpy(out + n, "\xEF\xBF\xBD", 3);
+            n += 3;
+        } else {
+            out[n++] = text[i];
+        }
+    }
+    return n;
+}
+
+static bool on_piece(const char *raw, size_t raw_len, void *user) {
     struct ask_ctx *a = user;
     struct vlm__job *job = a->job;
     struct vlmd *d = a->w->d;
-    if (grow(&job->text, &job->text_cap, job->text_len + len + 1) != 0) {
+    char stack[512];
+    char *text = raw_len * 3 <= sizeof stack ? stack : malloc(raw_len * 3);
+    if (!text || grow(&job->text, &job->text_cap, job->text_len + raw_len * 3 + 1) != 0) {
+        if (text != stack) {
+            free(text);
+        }
         a->oom = true;
         return false;
     }
+    size_t len = text_for_wire(raw, raw_len, text);
     memcpy(job->text + job->text_len, text, len);
     job->text_len += len;
     job->text[job->text_len] = 0;
@@ -52,6 +73,9 @@ static bool on_piece(const char *text, size_t len, void *user) {
         job->pending_len += len;
     }
     uv_mutex_unlock(&d->out_mu);
+    if (text != stack) {
+        free(text);
+    }
     if (!ok) {
         a->oom = true;
         return false;

@@ -80,7 +80,7 @@ static bool env_is_our_pid(const char *name) {
 }
 #endif
 
-static void notify(const char *fmt, ...) {
+__attribute__((format(printf, 1, 2))) static void notify(const char *fmt, ...) {
     char buf[512];
     va_list ap;
     va_start(ap, fmt);
@@ -179,7 +179,7 @@ int vlm__sd_listen_fd(int *out, char *path, size_t path_cap, struct vlm_diag *di
 
 // ---- readiness, status, watchdog ---------------------------------------------------------------------------
 
-static void set_status(const char *fmt, ...) {
+__attribute__((format(printf, 1, 2))) static void set_status(const char *fmt, ...) {
     char buf[sizeof g_sd.last_status];
     va_list ap;
     va_start(ap, fmt);

@@ -409,7 +409,7 @@ static int hello_result(struct vlm_client *c, const struct vlm_proto_msg *m, voi
     for (uint32_t i = 0; i < r.n_capabilities; i++) {
         all[2 + i] = r.capabilities[i];
     }
-    const char *ptrs[2 + VLM_RPC_CAPS_MAX];
+    const char *ptrs[2 + VLM_RPC_CAPS_MAX] = {0};
     for (uint32_t i = 0; i < 2 + r.n_capabilities; i++) {
         ptrs[i] = s;
         if (all[i].len) {

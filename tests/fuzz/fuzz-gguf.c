@@ -1,16 +1,7 @@
 // libFuzzer entry point for the GGUF reader: parse the input, then touch everything the reader exposes.
 //
-// Not wired into CMake yet. kernels/types.c pulls in the quant kernels, whose x86 files need their ISA flags, so
-// build the objects separately (from the repository root, in a scratch directory DIR):
-//   F="-g -O1 -D_GNU_SOURCE -Iinclude -I. -DVLM_HAVE_X86=1 -fsanitize=fuzzer-no-link,address,undefined"
-//   for f in tests/fuzz/fuzz-gguf.c plugins/sdk/{gguf,error,log}.c kernels/types.c kernels/cpu/quant{s,-ref}.c; do
-//       clang $F -c $f -o DIR/$(basename $f .c).o; done
-//   clang $F -mavx2 -mfma -mf16c -mbmi2 -c kernels/cpu/x86/quants-avx2.c -o DIR/quants-avx2.o
-//   clang $F -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mavx2 -mfma -mf16c -mbmi2
-//       -c kernels/cpu/x86/quants-avx512.c -o DIR/quants-avx512.o
-//   clang -fsanitize=fuzzer,address,undefined DIR/*.o -lm -lpthread -o fuzz-gguf
-// Run with the fixtures as the seed corpus:
-//   ./fuzz-gguf -max_total_time=60 -max_len=4096 corpus/ tests/data/gguf tests/data/gguf/corrupt
+// Built by tests/fuzz/CMakeLists.txt (-DVLM_BUILD_FUZZERS=ON, clang); seeds in tests/fuzz/corpus-gguf (the fixtures
+// of tests/data/gguf and tests/data/gguf/corrupt). Run: tools/fuzz.sh SECONDS gguf.
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -1,16 +1,9 @@
 // libFuzzer entry point for the image decoders (plugins/sdk/image.c): decode under small limits, then check the
 // result against the limits and read every output byte (so MSan sees uninitialised pixels).
 //
-// Not wired into CMake yet. image.c needs only the error and log helpers besides the decoder libraries. From the
-// repository root, in a scratch directory DIR:
-//   F="-g -O1 -D_GNU_SOURCE -Iinclude -I. -fsanitize=fuzzer-no-link,address,undefined"
-//   for f in tests/fuzz/fuzz-image.c plugins/sdk/{image,error,log}.c; do
-//       clang $F $(pkg-config --cflags libjpeg libpng libwebp libwebpdemux) -c $f -o DIR/$(basename $f .c).o; done
-//   clang -fsanitize=fuzzer,address,undefined DIR/*.o $(pkg-config --libs libjpeg libpng libwebp libwebpdemux) \
-//       -lm -lpthread -o fuzz-image
-// Run with the fixtures as the seed corpus (the .rgb files are harmless extra seeds):
-//   ./fuzz-image -max_total_time=60 -max_len=65536 -rss_limit_mb=2560 corpus/ tests/data/images/good \
-//       tests/data/images/bad
+// Built by tests/fuzz/CMakeLists.txt (-DVLM_BUILD_FUZZERS=ON, clang); seeds in tests/fuzz/corpus-image (the small
+// fixtures of tests/data/images/good and bad). Run: tools/fuzz.sh SECONDS image.
+//
 // The system libjpeg/libpng/libwebp are not instrumented: ASan checks our code and what we hand them, not their
 // internals; coverage feedback comes from image.c only.
 #include <stdbool.h>

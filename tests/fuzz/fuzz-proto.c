@@ -8,13 +8,8 @@
 //   - borrowed strings and bytes of decoded structs lie inside the message; every str is valid UTF-8;
 //   - an ask that decodes re-encodes, and the re-encoded one decodes to the same fields.
 //
-// Not wired into CMake. Build from the repository root (clang 14, Debian: clang libclang-rt-14-dev libmsgpack-dev):
-//   F="-g -O1 -D_GNU_SOURCE -Iinclude -I. -fsanitize=fuzzer-no-link,address,undefined"
-//   for f in tests/fuzz/fuzz-proto.c proto/*.c plugins/sdk/{error,log}.c; do
-//       clang $F -c $f -o DIR/$(basename $f .c).o; done
-//   clang -fsanitize=fuzzer,address,undefined DIR/*.o -lmsgpackc -o fuzz-proto
-// Run with the seed corpus (first byte of each file: the limits/chunking control byte, then the stream):
-//   mkdir -p corpus && ./fuzz-proto -max_total_time=60 -max_len=8192 -rss_limit_mb=512 corpus/ tests/fuzz/corpus-proto
+// Built by tests/fuzz/CMakeLists.txt (-DVLM_BUILD_FUZZERS=ON, clang); seeds in tests/fuzz/corpus-proto (first byte of
+// each file: the limits/chunking control byte, then the stream). Run: tools/fuzz.sh SECONDS proto.
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -206,11 +206,6 @@ static inline __m512i y_x2(const int8_t *q0, const int8_t *q1) {
                               _mm256_loadu_si256((const __m256i *)q1), 1);
 }
 
-// Two scales: s0 in lanes 0..7, s1 in lanes 8..15.
-static inline __m512 scale_x2(float s0, float s1) {
-    return _mm512_insertf32x8(_mm512_set1_ps(s0), _mm256_set1_ps(s1), 1);
-}
-
 static inline uint64_t qh_x2(const uint8_t *h0, const uint8_t *h1) {
     uint32_t a, b;
     memcpy(&a, h0, 4);

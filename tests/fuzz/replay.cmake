@@ -1,0 +1,16 @@
+# ctest helper: runs a libFuzzer binary once over every input of the given directories (FUZZER, DIRS separated by
+# '|'); directories that do not exist are skipped (a target with no crash found yet has no regressions/ folder).
+string(REPLACE "|" ";" dirs "${DIRS}")
+set(args "")
+foreach (d ${dirs})
+    if (IS_DIRECTORY ${d})
+        list(APPEND args ${d})
+    endif ()
+endforeach ()
+if (NOT args)
+    message(FATAL_ERROR "no corpus directory among ${DIRS}")
+endif ()
+execute_process(COMMAND ${FUZZER} -runs=0 -rss_limit_mb=2048 -timeout=25 ${args} RESULT_VARIABLE rc)
+if (NOT rc EQUAL 0)
+    message(FATAL_ERROR "${FUZZER} failed (${rc}) on an input of: ${args}")
+endif ()
