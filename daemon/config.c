@@ -141,14 +141,16 @@ static int set_daemon_key(struct vlm__config *cfg, const char *key, const char *
             snprintf(why, cap, "max_output: expected a size of 4K .. 4G (suffixes K, M, G)");
             return -1;
         }
-    } else if (!strcmp(key, "shutdown_timeout")) {
+    } else if (!strcmp(key, "shutdown_timeout") || !strcmp(key, "frame_timeout") || !strcmp(key, "idle_timeout")) {
         char *end;
         double t = strtod(v, &end);
         if (*v == 0 || *end != 0 || !(t >= 0 && t <= 3600)) {
-            snprintf(why, cap, "shutdown_timeout: expected seconds, 0 .. 3600");
+            snprintf(why, cap, "%s: expected seconds, 0 .. 3600", key);
             return -1;
         }
-        cfg->shutdown_timeout_s = t;
+        double *dst = key[0] == 's' ? &cfg->shutdown_timeout_s : key[0] == 'f' ? &cfg->frame_timeout_s
+                                                                   : &cfg->idle_timeout_s;
+        *dst = t;
     } else if (!strcmp(key, "log_level")) {
         static const struct {
             const char *name;
@@ -328,6 +330,8 @@ static void set_defaults(struct vlm__config *cfg) {
     cfg->max_message = vlm_proto_default_limits().max_message;
     cfg->max_output = 8u << 20;
     cfg->shutdown_timeout_s = 10;
+    cfg->frame_timeout_s = 30; // nginx's client_header_timeout is 60 s; our messages are one frame, sent at once
+    cfg->idle_timeout_s = 0;   // as Redis's timeout: clients such as vlmctl --watch may hold a connection open
     cfg->log_level = vlm_log_get_level();
 }
 

@@ -20,7 +20,7 @@
 static const char *const flag_keys[] = {
     "socket",      "plugin_dir",  "model_dir",   "default_chain", "threads",          "ctx_size",  "kv_type",
     "queue_depth", "max_clients", "max_message", "max_output",    "shutdown_timeout", "log_level", "chain",
-    "allow_users", "allow_groups",
+    "allow_users", "allow_groups", "frame_timeout", "idle_timeout",
 };
 #define N_FLAG_KEYS ((int)(sizeof flag_keys / sizeof flag_keys[0]))
 
@@ -45,6 +45,8 @@ static void usage(FILE *f) {
             "      --max-message SIZE     largest request (default 64M)\n"
             "      --max-output SIZE      bytes a client may leave unread before it is dropped (default 8M)\n"
             "      --shutdown-timeout S   seconds running requests get after SIGTERM (default 10)\n"
+            "      --frame-timeout S      seconds a request may take to arrive once begun (default 30; 0 = none)\n"
+            "      --idle-timeout S       close clients silent this long with nothing running (default 0 = never)\n"
             "      --log-level LEVEL      error, warn, info or debug (default info)\n"
             "      --allow-users LIST     users allowed besides root and vlmd's own (names or ids; * = all)\n"
             "      --allow-groups LIST    groups allowed (default: the socket file's group)\n"
@@ -121,6 +123,7 @@ static void finish_step(uv_timer_t *t) {
         // Stage 2: workers have nothing left: stop them; clients get a moment to read their last messages.
         d->stop_stage = 2;
         vlm__sd_close(d);
+        vlm__server_stop_timeouts(d);
         for (int i = 0; i < d->n_workers; i++) {
             vlm__worker_stop(&d->workers[i]);
         }
@@ -198,6 +201,8 @@ static void reload(struct vlmd *d) {
     d->cfg.max_clients = cfg.max_clients;
     d->cfg.max_output = cfg.max_output;
     d->cfg.shutdown_timeout_s = cfg.shutdown_timeout_s;
+    d->cfg.frame_timeout_s = cfg.frame_timeout_s;
+    d->cfg.idle_timeout_s = cfg.idle_timeout_s;
     d->cfg.log_level = cfg.log_level;
     d->cfg.access = cfg.access;
     vlm_log_set_level(cfg.log_level);

@@ -196,6 +196,7 @@ static void process(struct vlm__conn *c) {
             refused(c, &msg, rc, &diag);
             continue;
         }
+        c->t_frame = 0; // a whole message arrived: the next one's clock starts with its first byte
         if (msg.type == VLM_PROTO_REQUEST) {
             vlm__rpc_dispatch(c, &msg);
         } else {
@@ -229,6 +230,56 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
             return;
         }
     }
+    // A byte at a time must not keep a partial message alive forever (slowloris): the frame clock is not reset
+    // by activity, only by a whole message.
+    c->t_active = vlm_time_ms();
+    if (c->t_frame == 0 && vlm_proto_reader_pending(&c->reader) > 0) {
+        c->t_frame = c->t_active;
+    }
+}
+
+// ---- timeouts -----------------------------------------------------------------------------------------------
+
+// One timer sweeps every client (as Redis's clientsCron) rather than a timer per connection: nothing to close
+// per client, and a few hundred comparisons a tick cost less than rearming a timer on every read.
+static void sweep_timeouts(uv_timer_t *t) {
+    struct vlmd *d = t->data;
+    double now = vlm_time_ms();
+    double frame_ms = d->cfg.frame_timeout_s * 1e3, idle_ms = d->cfg.idle_timeout_s * 1e3;
+    for (struct vlm__conn *c = d->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->closing || c->draining) {
+            continue;
+        }
+        if (c->jobs || c->ops || uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) > 0) {
+            c->t_active = now; // waiting for its answer, or we are writing to it: not idle
+        }
+        if (frame_ms > 0 && c->t_frame > 0 && now - c->t_frame > frame_ms) {
+            VLM_LOGW("conn %llu: a message began %.1f s ago and is still incomplete (%zu bytes; frame_timeout %.1f "
+                     "s): dropping it", (unsigned long long)c->id, (now - c->t_frame) / 1e3,
+                     vlm_proto_reader_pending(&c->reader), d->cfg.frame_timeout_s);
+            vlm__conn_close(c, "frame timeout");
+        } else if (idle_ms > 0 && c->t_frame == 0 && now - c->t_active > idle_ms) {
+            vlm__conn_close(c, "idle timeout");
+        }
+    }
+    // A quarter of the shortest timeout: a client is closed at most 25% late. SIGHUP may change them.
+    double shortest = frame_ms > 0 && (idle_ms <= 0 || frame_ms < idle_ms) ? frame_ms : idle_ms;
+    double period = shortest > 0 ? shortest / 4 : 1000;
+    uv_timer_set_repeat(t, (uint64_t)(period < 10 ? 10 : period > 1000 ? 1000 : period));
+}
+
+static void start_timeouts(struct vlmd *d) {
+    uv_timer_init(d->loop, &d->conn_timer);
+    d->conn_timer.data = d;
+    uv_unref((uv_handle_t *)&d->conn_timer); // never what keeps the loop running
+    uv_timer_start(&d->conn_timer, sweep_timeouts, 10, 10);
+}
+
+void vlm__server_stop_timeouts(struct vlmd *d) {
+    if (d->conn_timer.data && !uv_is_closing((uv_handle_t *)&d->conn_timer)) {
+        uv_close((uv_handle_t *)&d->conn_timer, NULL);
+    }
 }
 
 // ---- listening ----------------------------------------------------------------------------------------------
@@ -251,6 +302,7 @@ static void on_connection(uv_stream_t *server, int status) {
         return;
     }
     c->id = ++d->next_conn_id;
+    c->t_active = vlm_time_ms();
     vlm_proto_reader_init(&c->reader, &d->limits);
     vlm_proto_buf_init(&c->out);
     c->next = d->conns;
@@ -307,6 +359,7 @@ static int listen_activated(struct vlmd *d, int fd, const char *path, struct vlm
     d->socket_gid_known = path[0] && stat(path, &st) == 0;
     d->socket_gid = d->socket_gid_known ? st.st_gid : 0;
     d->listening = true;
+    start_timeouts(d);
     VLM_LOGI("listening on %s (socket activation)", path[0] ? path : "a socket passed by systemd");
     return 0;
 }
@@ -379,6 +432,7 @@ int vlm__server_listen(struct vlmd *d, struct vlm_diag *diag) {
         return vlm_diag_set(diag, VLM_EIO, "%s: cannot listen: %s", path, uv_strerror(rc));
     }
     d->listening = true;
+    start_timeouts(d);
     d->socket_gid_known = stat(path, &st) == 0;
     d->socket_gid = d->socket_gid_known ? st.st_gid : 0;
     VLM_LOGI("listening on %s", path);

@@ -78,6 +78,8 @@ struct vlm__config {
     size_t max_message;
     size_t max_output;          // bytes queued to one client before it is dropped
     double shutdown_timeout_s;  // SIGTERM: time given to running requests before they are cancelled
+    double frame_timeout_s;     // a message must arrive whole within this after its first byte (0: no limit)
+    double idle_timeout_s;      // a client with nothing in flight is closed after this long silent (0: never)
     enum vlm_log_level log_level;
     uint32_t n_chains;
     struct vlm__chain_spec *chains; // malloc'd
@@ -378,11 +380,15 @@ struct vlm__conn {
     uid_t peer_uid;             // SO_PEERCRED at accept (access.c)
     gid_t peer_gid;
     pid_t peer_pid;
+    double t_active;            // last bytes read, or last work in flight (idle_timeout)
+    double t_frame;             // first byte of the partial message held (frame_timeout); 0: none
 };
 
 int vlm__server_listen(struct vlmd *d, struct vlm_diag *diag);
 // Stops accepting (SIGTERM).
 void vlm__server_stop_accepting(struct vlmd *d);
+// Stops the frame/idle timeout sweep (shutdown, once the workers are gone).
+void vlm__server_stop_timeouts(struct vlmd *d);
 // Sends what was encoded into conn->out (takes its bytes). Drops the client when its output exceeds the cap.
 void vlm__conn_flush(struct vlm__conn *c);
 // Closes the connection now: its running asks are cancelled, queued ones dropped.
@@ -437,6 +443,7 @@ struct vlmd {
     bool socket_gid_known;
     gid_t socket_gid;                 // group of the socket file: allowed by default (access.c)
     uv_timer_t sd_timer;              // readiness, STATUS=, WATCHDOG=1 (sd.c)
+    uv_timer_t conn_timer;            // frame and idle timeouts, swept over all clients (server.c)
     char read_buf[64 * 1024];
 };
 
