@@ -818,6 +818,9 @@ static void test_attention(void **state) {
         {8, 2, 64, 300, 1, 400, 0, true, VLM_TYPE_F16}, // decode step
         {6, 3, 33, 0, 40, 48, 16, true, VLM_TYPE_F32},  // prefill from 0 with a window
         {3, 3, 17, 0, 50, 50, 0, false, VLM_TYPE_F32},  // vision encoder: no mask
+        {4, 2, 64, 0, 77, 83, 0, false, VLM_TYPE_F32},  // head size 64, no mask: the blocked ViT kernel (AVX-512)
+        {3, 3, 64, 0, 133, 130, 0, false, VLM_TYPE_F32}, // ... with a tail of queries and keys
+        {2, 1, 64, 0, 5, 200, 0, false, VLM_TYPE_F32},  // ... few queries, many keys
         {2, 1, 8, 30, 3, 40, 1, true, VLM_TYPE_F16},    // window 1: each query sees only itself
         {6, 2, 40, 10, 1, 64, 0, true, VLM_TYPE_F32},   // decode, group of 3 split unevenly across threads
         {5, 1, 16, 99, 1, 100, 50, true, VLM_TYPE_F16}, // decode, one KV head shared by 5 query heads

@@ -321,6 +321,14 @@ static int clip_load(const struct vlm_host *host, const char *path, void **out, 
     if ((rc = load_hparams(m->gguf, &m->hp, diag))) {
         goto err;
     }
+    // The CPU attention op has a register-tiled path for non-causal head_dim 64 on AVX-512 (ops-attention.c). On
+    // ViT-L/14-336 (2 threads) it takes ~75 ms per tile where attention_matmul took ~150 ms, or ~650 ms in the
+    // stretches where the host made the matmul path slow (its per-head views touch one 256-byte piece of each
+    // 4 KB row, and each score pays a horizontal sum). Elsewhere (AVX2, other head sizes) the op's per-query
+    // path would be slower than attention_matmul, so head_dim 64 on the CPU backend is the only switch.
+    if (m->matmul_attention && m->hp.head_dim == 64) {
+        m->matmul_attention = false;
+    }
     if ((rc = vlm_preprocess_config_from_gguf(m->gguf, &m->pp, diag))) {
         goto err;
     }

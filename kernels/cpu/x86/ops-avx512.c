@@ -153,3 +153,129 @@ const struct vlm_cpu_vec vlm__cpu_vec_avx512 = {
     .silu = silu,
     .swiglu = swiglu,
 };
+
+// ---- attention block, head_dim 64 ----------------------------------------------------------------------------
+//
+// Register tiles of 6 query rows x 64 floats (24 accumulators) in outer-product form: scores broadcast one query
+// element against 64 transposed keys, the output broadcasts one probability against a 64-float value row. No
+// horizontal reductions, unlike dot products of length 64.
+
+#define ATTN_AI inline __attribute__((always_inline))
+#define ATTN_QR 6
+
+static ATTN_AI void score_tile(const int QN, const int NV, const float *q, size_t qs, const float *kt, size_t kts,
+                               float *sc, size_t ss) {
+    __m512 acc[ATTN_QR][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < QN; r++) {
+#pragma GCC unroll 4
+        for (int c = 0; c < NV; c++) {
+            acc[r][c] = _mm512_setzero_ps();
+        }
+    }
+    for (int d = 0; d < 64; d++) {
+        __m512 kv[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < NV; c++) {
+            kv[c] = _mm512_loadu_ps(kt + (size_t)d * kts + 16 * c);
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < QN; r++) {
+            const __m512 b = _mm512_set1_ps(q[(size_t)r * qs + (size_t)d]);
+#pragma GCC unroll 4
+            for (int c = 0; c < NV; c++) {
+                acc[r][c] = _mm512_fmadd_ps(b, kv[c], acc[r][c]);
+            }
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < QN; r++) {
+#pragma GCC unroll 4
+        for (int c = 0; c < NV; c++) {
+            _mm512_storeu_ps(sc + (size_t)r * ss + 16 * c, acc[r][c]);
+        }
+    }
+}
+
+static ATTN_AI void out_tile(const int QN, int64_t n_kv, const float *sc, size_t ss, const float *vh,
+                             const float *inv, float *out, size_t os) {
+    __m512 acc[ATTN_QR][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < QN; r++) {
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            acc[r][c] = _mm512_setzero_ps();
+        }
+    }
+    for (int64_t j = 0; j < n_kv; j++) {
+        __m512 vv[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            vv[c] = _mm512_loadu_ps(vh + (size_t)j * 64 + 16 * c);
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < QN; r++) {
+            const __m512 b = _mm512_set1_ps(sc[(size_t)r * ss + (size_t)j]);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                acc[r][c] = _mm512_fmadd_ps(b, vv[c], acc[r][c]);
+            }
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < QN; r++) {
+        const __m512 s = _mm512_set1_ps(inv[r]);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            _mm512_storeu_ps(out + (size_t)r * os + 16 * c, _mm512_mul_ps(acc[r][c], s));
+        }
+    }
+}
+
+#define ATTN_QN_SWITCH(qn, CALL)                                                                                \
+    switch (qn) {                                                                                                \
+    case 1: CALL(1); break;                                                                                      \
+    case 2: CALL(2); break;                                                                                      \
+    case 3: CALL(3); break;                                                                                      \
+    case 4: CALL(4); break;                                                                                      \
+    case 5: CALL(5); break;                                                                                      \
+    default: CALL(6); break;                                                                                     \
+    }
+
+void vlm__attn_block64_avx512(int64_t n_kv, int nq, const float *q, size_t qs, const float *kt, size_t kts,
+                              const float *vh, float *sc, size_t ss, float *out, size_t os, float scale);
+
+void vlm__attn_block64_avx512(int64_t n_kv, int nq, const float *q, size_t qs, const float *kt, size_t kts,
+                              const float *vh, float *sc, size_t ss, float *out, size_t os, float scale) {
+    // every score row is complete before any output row is written: out may alias q
+    for (int r0 = 0; r0 < nq; r0 += ATTN_QR) {
+        const int qn = nq - r0 < ATTN_QR ? nq - r0 : ATTN_QR;
+        const float *qr = q + (size_t)r0 * qs;
+        float *sr = sc + (size_t)r0 * ss;
+        int64_t j0 = 0;
+        for (; j0 + 64 <= (int64_t)kts; j0 += 64) {
+#define SCORE4(QN) score_tile(QN, 4, qr, qs, kt + j0, kts, sr + j0, ss)
+            ATTN_QN_SWITCH(qn, SCORE4)
+#undef SCORE4
+        }
+        for (; j0 < (int64_t)kts; j0 += 16) {
+#define SCORE1(QN) score_tile(QN, 1, qr, qs, kt + j0, kts, sr + j0, ss)
+            ATTN_QN_SWITCH(qn, SCORE1)
+#undef SCORE1
+        }
+    }
+    float inv[ATTN_QR];
+    for (int r0 = 0; r0 < nq; r0 += ATTN_QR) {
+        const int qn = nq - r0 < ATTN_QR ? nq - r0 : ATTN_QR;
+        float *sr = sc + (size_t)r0 * ss;
+        for (int r = 0; r < qn; r++) {
+            float *s = sr + (size_t)r * ss;
+            // scale > 0 (validated by the op), so max(s) * scale is the maximum of the scaled scores
+            float m = vmax(n_kv, s) * scale;
+            inv[r] = 1.0f / exp_sum(n_kv, s, scale, m);
+        }
+#define OUT4(QN) out_tile(QN, n_kv, sr, ss, vh, inv, out + (size_t)r0 * os, os)
+        ATTN_QN_SWITCH(qn, OUT4)
+#undef OUT4
+    }
+}
