@@ -22,8 +22,9 @@ struct vlm_backend_iface {
     int (*get)(struct vlm_backend *be, const void *data, void *dst, size_t size);   // tensor bytes -> host
 
     // ops (arguments already validated by kernels/backend.c)
+    // bias: NULL, or one F32 row of n_out added to every output row
     void (*matmul)(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *w,
-                   const struct vlm_tensor *x);
+                   const struct vlm_tensor *x, const struct vlm_tensor *bias);
     void (*get_rows)(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *table,
                      const int32_t *ids, int64_t n_ids);
     void (*rms_norm)(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *x,

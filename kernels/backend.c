@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "kernels/backend-impl.h"
+#include "kernels/cpu/ops-cpu.h"
+#include "kernels/cpu/quants.h"
 #include "kernels/cpu/repack.h"
 #include "vlm/log.h"
 
@@ -191,6 +193,38 @@ int vlm_backend_synchronize(struct vlm_backend *be) {
     return be->iface->synchronize(be);
 }
 
+const char *vlm_precision_name(enum vlm_precision p) {
+    switch (p) {
+    case VLM_PRECISION_EXACT: return "exact";
+    case VLM_PRECISION_BF16: return "bf16";
+    default: return "auto";
+    }
+}
+
+int vlm_precision_parse(const char *name, enum vlm_precision *out) {
+    static const enum vlm_precision all[] = {VLM_PRECISION_AUTO, VLM_PRECISION_EXACT, VLM_PRECISION_BF16};
+    for (size_t i = 0; name && i < sizeof all / sizeof all[0]; i++) {
+        if (strcmp(name, vlm_precision_name(all[i])) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    }
+    return VLM_EINVAL;
+}
+
+bool vlm_backend_fast_bf16(const struct vlm_backend *be) {
+    return be && be->iface->matmul == vlm__cpu_matmul && vlm__cpu_bf16_dot();
+}
+
+int vlm_tensor_set_precision(struct vlm_backend *be, const struct vlm_tensor *w, enum vlm_precision p) {
+    OP_ASSERT(be && w && w->backend == be);
+    if (be->iface->matmul != vlm__cpu_matmul) {
+        return p == VLM_PRECISION_BF16 && (w->type == VLM_TYPE_F32 || w->type == VLM_TYPE_F16) ? VLM_EUNSUPPORTED
+                                                                                                : 0;
+    }
+    return vlm__cpu_set_precision(be, w, p);
+}
+
 bool vlm_backend_supports_type(const struct vlm_backend *be, enum vlm_type type) {
     if ((int)type < 0 || (int)type >= VLM_TYPE_COUNT) {
         return false;
@@ -246,10 +280,11 @@ static bool is_float_type(enum vlm_type type) {
 
 // ---- operations ----------------------------------------------------------------------------------------------
 
-void vlm_op_matmul(struct vlm_backend *be,
-                   struct vlm_tensor *dst,
-                   const struct vlm_tensor *w,
-                   const struct vlm_tensor *x) {
+static void matmul_checked(struct vlm_backend *be,
+                           struct vlm_tensor *dst,
+                           const struct vlm_tensor *w,
+                           const struct vlm_tensor *x,
+                           const struct vlm_tensor *bias) {
     OP_ASSERT(be && w && w->data);
     OP_ASSERT(vlm_backend_supports_type(be, w->type));
     OP_ASSERT(w->nb[0] == vlm_type_traits((int)w->type)->type_size && is_2d(w));
@@ -261,7 +296,28 @@ void vlm_op_matmul(struct vlm_backend *be,
     if (vlm_tensor_nelements(dst) == 0) {
         return;
     }
-    be->iface->matmul(be, dst, w, x);
+    be->iface->matmul(be, dst, w, x, bias);
+}
+
+void vlm_op_matmul(struct vlm_backend *be,
+                   struct vlm_tensor *dst,
+                   const struct vlm_tensor *w,
+                   const struct vlm_tensor *x) {
+    matmul_checked(be, dst, w, x, NULL);
+}
+
+void vlm_op_matmul_bias(struct vlm_backend *be,
+                        struct vlm_tensor *dst,
+                        const struct vlm_tensor *w,
+                        const struct vlm_tensor *x,
+                        const struct vlm_tensor *b) {
+    if (!b || !b->data) {
+        matmul_checked(be, dst, w, x, NULL);
+        return;
+    }
+    OP_ASSERT(is_f32_rows(b) && vlm_tensor_nrows(b) == 1 && w && b->ne[0] == w->ne[1]);
+    OP_ASSERT(!overlaps(dst, b));
+    matmul_checked(be, dst, w, x, b);
 }
 
 void vlm_op_get_rows(

@@ -804,6 +804,188 @@ static void test_matmul_packed(void **state) {
     print_message("packed Q4_0 matmul: %d cases\n", cases);
 }
 
+// BF16 precision (vlm_tensor_set_precision): F32 and F16 weights get a BF16 x16 copy where the CPU has AVX512-BF16
+// on the AVX-512 path, BF16 weights get one at vlm_tensor_from_host. The product must then equal the exact sum of
+// BF16-rounded weights times BF16-rounded activations (up to F32 accumulation), and must differ from the exact
+// product of the stored weights by about BF16's rounding (so the check sees which path ran). Odd row lengths,
+// partial last groups, views of the first rows (same copy, fewer rows), a view that starts later (exact path),
+// switching back to exact, and paths without the instruction (EUNSUPPORTED, exact products).
+static double bf16r(double v) {
+    return (double)vlm_bf16_to_fp32(vlm_fp32_to_bf16((float)v));
+}
+
+static double stored(enum vlm_type type, const void *w, size_t i) {
+    switch (type) {
+    case VLM_TYPE_F16: return (double)vlm_fp16_to_fp32(((const uint16_t *)w)[i]);
+    case VLM_TYPE_BF16: return (double)vlm_bf16_to_fp32(((const uint16_t *)w)[i]);
+    default: return (double)((const float *)w)[i];
+    }
+}
+
+// max |got - ref| / rms(ref) against the BF16 (bf16 = true) or exact reference of rows [row0, row0 + n_out).
+static double rel_err_vs(const float *got, const void *w, enum vlm_type type, const float *x, int64_t n_in,
+                         int64_t row0, int64_t n_out, int64_t n_tok, bool bf16) {
+    double max_err = 0.0, ms = 0.0;
+    for (int64_t t = 0; t < n_tok; t++) {
+        for (int64_t o = 0; o < n_out; o++) {
+            double ref = 0.0;
+            for (int64_t i = 0; i < n_in; i++) {
+                double wv = stored(type, w, (size_t)((row0 + o) * n_in + i)), xv = x[t * n_in + i];
+                ref += bf16 ? bf16r(wv) * bf16r(xv) : wv * (type == VLM_TYPE_BF16 ? bf16r(xv) : xv);
+            }
+            double err = fabs((double)got[t * n_out + o] - ref);
+            max_err = err > max_err ? err : max_err;
+            ms += ref * ref;
+        }
+    }
+    return max_err / sqrt(ms / (double)(n_out * n_tok));
+}
+
+static void test_matmul_bf16_precision(void **state) {
+    (void)state;
+    const enum vlm_type types[] = {VLM_TYPE_F32, VLM_TYPE_F16, VLM_TYPE_BF16};
+    const int64_t shapes[][2] = {{64, 83}, {31, 16}, {1024, 40}}; // n_in, n_out
+    const int64_t toks[] = {1, 5, 13};
+    int cases = 0, packed_cases = 0;
+    double worst_bf16 = 0.0, least_exact = 1e9;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int64_t n_in = shapes[si][0], n_out = shapes[si][1];
+            FOR_EACH_CONFIG(ii, bi) {
+                struct vlm_backend *be = g_be[bi];
+                const enum vlm_type type = types[ti];
+                void *w = make_weights(type, n_in, n_out);
+                struct vlm_tensor desc = vlm_tensor_make(type, n_in, n_out, 1, 1), tw;
+                assert_int_equal(vlm_tensor_from_host(be, &desc, w, &tw), 0);
+                const char *env = getenv("VLM_CPU_REPACK");
+                const bool can = g_isas[ii] == VLM_CPU_ISA_AVX512 && vlm__cpu_bf16_dot() &&
+                                 !(env && strcmp(env, "0") == 0);
+                assert_int_equal(vlm_backend_fast_bf16(be), g_isas[ii] == VLM_CPU_ISA_AVX512 && vlm__cpu_bf16_dot());
+                int rc = vlm_tensor_set_precision(be, &tw, VLM_PRECISION_BF16);
+                assert_int_equal(rc, can || type == VLM_TYPE_BF16 ? 0 : VLM_EUNSUPPORTED);
+                struct vlm_cpu_packed pk;
+                assert_int_equal(vlm__cpu_packed_find(be, &tw, &pk), can);
+                // BF16 weights always have BF16 products (their activations are rounded on every path)
+                const bool want_bf16 = can || type == VLM_TYPE_BF16;
+                for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
+                    const int64_t n_tok = toks[k];
+                    float *x = rand_vec(n_in * n_tok, -1.0f, 1.0f);
+                    struct vlm_tensor tx = tensor_new(be, VLM_TYPE_F32, n_in, n_tok, x);
+                    // whole, first rows (a partial last group of the same copy), rows from 16 on (no copy)
+                    const int64_t views[][2] = {{0, n_out}, {0, n_out > 20 ? 20 : n_out}, {n_out > 16 ? 16 : 0,
+                                                                                          n_out > 16 ? n_out - 16 : n_out}};
+                    for (int v = 0; v < 3; v++) {
+                        struct vlm_tensor tv = vlm_tensor_rows(&tw, views[v][0], views[v][1]);
+                        struct vlm_tensor td = tensor_new(be, VLM_TYPE_F32, views[v][1], n_tok, NULL);
+                        vlm_op_matmul(be, &td, &tv, &tx);
+                        float *got = tensor_read_f32(&td);
+                        const bool bf16 = type == VLM_TYPE_BF16 || (want_bf16 && views[v][0] == 0);
+                        double e_b = rel_err_vs(got, w, type, x, n_in, views[v][0], views[v][1], n_tok, true);
+                        double e_x = rel_err_vs(got, w, type, x, n_in, views[v][0], views[v][1], n_tok, false);
+                        double e_own = bf16 ? e_b : e_x;
+                        if (!(e_own < 2e-6 * sqrt((double)n_in))) {
+                            fail_msg("%s %lldx%lld view %d, %lld tokens [%s, %d threads]: error %.3g vs the %s "
+                                     "reference", vlm_type_name(type), (long long)n_in, (long long)n_out, v,
+                                     (long long)n_tok, vlm__cpu_isa_name(g_isas[ii]), bi + 1, e_own,
+                                     bf16 ? "BF16" : "exact");
+                        }
+                        if (bf16 && type != VLM_TYPE_BF16) {
+                            // the other reference is a whole BF16 rounding away: proves the BF16 copy ran
+                            assert_true(e_x > 20 * e_b);
+                            least_exact = e_x < least_exact ? e_x : least_exact;
+                            packed_cases++;
+                        }
+                        if (bf16) {
+                            worst_bf16 = e_b > worst_bf16 ? e_b : worst_bf16;
+                        }
+                        free(got);
+                        vlm_tensor_release(&td);
+                        cases++;
+                    }
+                    // back to exact: the copy is dropped and the products are the stored weights' again
+                    if (k == 0 && type != VLM_TYPE_BF16) {
+                        assert_int_equal(vlm_tensor_set_precision(be, &tw, VLM_PRECISION_EXACT), 0);
+                        assert_false(vlm__cpu_packed_find(be, &tw, &pk));
+                        struct vlm_tensor td = tensor_new(be, VLM_TYPE_F32, n_out, n_tok, NULL);
+                        vlm_op_matmul(be, &td, &tw, &tx);
+                        float *got = tensor_read_f32(&td);
+                        assert_true(rel_err_vs(got, w, type, x, n_in, 0, n_out, n_tok, false) < 2e-6 * sqrt((double)n_in));
+                        free(got);
+                        vlm_tensor_release(&td);
+                        assert_int_equal(vlm_tensor_set_precision(be, &tw, VLM_PRECISION_BF16),
+                                         can ? 0 : VLM_EUNSUPPORTED);
+                    }
+                    vlm_tensor_release(&tx);
+                    free(x);
+                }
+                const struct vlm_tensor before = tw;
+                vlm_tensor_release(&tw);
+                assert_false(vlm__cpu_packed_find(be, &before, &pk));
+                free(w);
+            }
+        }
+    }
+    print_message("BF16 precision matmul: %d cases (%d through a BF16 copy of F32/F16 weights); worst error vs "
+                  "the BF16 reference %.2e of rms, least vs the exact one %.2e\n",
+                  cases, packed_cases, worst_bf16, least_exact);
+    if (vlm__cpu_bf16_dot() || vlm__cpu_isa_best() < VLM_CPU_ISA_AVX512) {
+        return;
+    }
+    print_message("(this CPU has no AVX512-BF16: only the fallbacks were checked)\n");
+}
+
+// vlm_op_matmul_bias = vlm_op_matmul + the bias on every row, on the packed BF16 kernel (bias added at the store),
+// packed Q4_0 and the plain kernels (bias pass after), including a partial last group and one token.
+static void test_matmul_bias(void **state) {
+    (void)state;
+    const enum vlm_type types[] = {VLM_TYPE_F32, VLM_TYPE_F16, VLM_TYPE_BF16, VLM_TYPE_Q4_0};
+    const int64_t n_in = 64, n_out = 37, toks[] = {1, 9};
+    int cases = 0;
+    double worst = 0.0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        for (int prec = 0; prec < 2; prec++) {
+            FOR_EACH_CONFIG(ii, bi) {
+                struct vlm_backend *be = g_be[bi];
+                void *w = make_weights(types[ti], n_in, n_out);
+                struct vlm_tensor desc = vlm_tensor_make(types[ti], n_in, n_out, 1, 1), tw;
+                assert_int_equal(vlm_tensor_from_host(be, &desc, w, &tw), 0);
+                if (prec) {
+                    (void)vlm_tensor_set_precision(be, &tw, VLM_PRECISION_BF16); // where it can
+                }
+                float *b = rand_vec(n_out, -2.0f, 2.0f);
+                struct vlm_tensor tb = tensor_new(be, VLM_TYPE_F32, n_out, 1, b);
+                for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
+                    float *x = rand_vec(n_in * toks[k], -1.0f, 1.0f);
+                    struct vlm_tensor tx = tensor_new(be, VLM_TYPE_F32, n_in, toks[k], x);
+                    struct vlm_tensor t0 = tensor_new(be, VLM_TYPE_F32, n_out, toks[k], NULL);
+                    struct vlm_tensor t1 = tensor_new(be, VLM_TYPE_F32, n_out, toks[k], NULL);
+                    vlm_op_matmul(be, &t0, &tw, &tx);
+                    vlm_op_matmul_bias(be, &t1, &tw, &tx, &tb);
+                    float *p0 = tensor_read_f32(&t0), *p1 = tensor_read_f32(&t1);
+                    double *ref = dvec(n_out * toks[k]);
+                    for (int64_t i = 0; i < n_out * toks[k]; i++) {
+                        ref[i] = (double)p0[i] + (double)b[i % n_out];
+                    }
+                    worst = fmax(worst, check_close("matmul_bias", ii, bi, p1, ref, n_out * toks[k], 1e-5, 1e-6));
+                    free(ref);
+                    free(p0);
+                    free(p1);
+                    free(x);
+                    vlm_tensor_release(&tx);
+                    vlm_tensor_release(&t0);
+                    vlm_tensor_release(&t1);
+                    cases++;
+                }
+                vlm_tensor_release(&tb);
+                vlm_tensor_release(&tw);
+                free(b);
+                free(w);
+            }
+        }
+    }
+    report("matmul_bias", worst, cases);
+}
+
 // ---- attention -----------------------------------------------------------------------------------------------
 
 static void test_attention(void **state) {
@@ -1006,7 +1188,8 @@ int main(void) {
         cmocka_unit_test(test_elementwise),    cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_rope),           cmocka_unit_test(test_copy),
         cmocka_unit_test(test_get_rows),       cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_matmul_packed),
+        cmocka_unit_test(test_matmul_packed),  cmocka_unit_test(test_matmul_bf16_precision),
+        cmocka_unit_test(test_matmul_bias),
         cmocka_unit_test(test_attention),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

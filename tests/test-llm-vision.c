@@ -27,6 +27,11 @@
 #define PIXEL_MEAN_TOL 0.003
 #define FEATURE_TOL 1e-3
 #define LOGIT_TOL 1e-3
+// With the vision chain in BF16 (vision_precision = bf16) on F32 goldens: weights and activations lose 16 bits
+// of significand, so features move by about 2^-9 of their scale per layer; the bounds are an order above what
+// this machine shows (see the printed figures).
+#define BF16_FEATURE_TOL 3e-2
+#define BF16_LOGIT_TOL 3e-2
 
 struct vcase {
     char name[256];
@@ -53,6 +58,7 @@ struct chain {
 
 static struct vlm_plugin *llm_plugin, *enc_plugin, *proj_plugin;
 static struct vlm_backend *backend;
+static enum vlm_precision g_vision_precision = VLM_PRECISION_AUTO; // for the encoder and projector
 
 // ---- the prompt splicing vlm-run and the daemon use (vlm_chat_tokenize), as one sequence --------------------------
 
@@ -302,6 +308,17 @@ static void run_case(const struct chain *ch, const char *model_name, const char 
         double d = fabs((double)logits[t] - (double)logits_gold[t]) / (double)c->logit_range;
         logit_max = d > logit_max || isnan(d) ? d : logit_max;
     }
+    double top1 = -INFINITY, top2 = -INFINITY; // transformers' top-two margin at the first generated token
+    for (int32_t t = 0; t < ch->li.n_vocab; t++) {
+        double v = (double)logits_gold[t];
+        if (v > top1) {
+            top2 = top1;
+            top1 = v;
+        } else if (v > top2) {
+            top2 = v;
+        }
+    }
+    const double gold_margin = top1 - top2;
     free(logits);
     free(logits_gold);
 
@@ -334,10 +351,23 @@ static void run_case(const struct chain *ch, const char *model_name, const char 
     }
     assert_true(px_max < PIXEL_MAX_TOL);
     assert_true(px_mean < PIXEL_MEAN_TOL);
-    assert_true(feat_max < FEATURE_TOL);
     assert_true(ids_equal);
-    assert_true(logit_max < LOGIT_TOL);
-    assert_int_equal(n_match, N_GREEDY);
+    if (g_vision_precision != VLM_PRECISION_BF16) {
+        assert_true(feat_max < FEATURE_TOL);
+        assert_true(logit_max < LOGIT_TOL);
+        assert_int_equal(n_match, N_GREEDY);
+        return;
+    }
+    assert_true(feat_max < BF16_FEATURE_TOL);
+    assert_true(logit_max < BF16_LOGIT_TOL);
+    if (vlm_backend_fast_bf16(backend)) {
+        assert_true(feat_max > 1e-5); // the BF16 copies ran (exact products give ~5e-7)
+    }
+    // The first generated token is transformers' wherever its top-two margin exceeds our logit error twice over
+    // (later tokens follow from it, and from low-margin steps on they may part ways: printed, not asserted).
+    if (gold_margin > 2.0 * logit_max * (double)c->logit_range) {
+        assert_true(st.n_gen > 0 && out[0] == c->greedy[0]);
+    }
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -348,6 +378,8 @@ static int run_model(const char *dir, const char *model_name) {
     struct vlm_diag diag = {0};
     struct chain ch = {0};
     struct vlm_host host = {.abi_version = VLM_PLUGIN_ABI_VERSION, .backend = backend};
+    struct vlm_host vision_host = host;
+    vision_host.precision = g_vision_precision;
     struct vlm_llm_params lp = {.n_ctx = 2048, .kv_type = VLM_TYPE_F32};
     char llm_path[1200], mm_path[1200], cases_dir[1200];
     snprintf(llm_path, sizeof llm_path, "%s/llm-f32.gguf", dir);
@@ -357,8 +389,8 @@ static int run_model(const char *dir, const char *model_name) {
     ch.enc = vlm_plugin_desc(enc_plugin)->encoder;
     ch.proj = vlm_plugin_desc(proj_plugin)->projector;
     if (ch.llm->load(&host, llm_path, &lp, &ch.llm_model, &diag) != 0 ||
-        ch.enc->load(&host, mm_path, &ch.enc_model, &diag) != 0 ||
-        ch.proj->load(&host, mm_path, &ch.proj_model, &diag) != 0) {
+        ch.enc->load(&vision_host, mm_path, &ch.enc_model, &diag) != 0 ||
+        ch.proj->load(&vision_host, mm_path, &ch.proj_model, &diag) != 0) {
         fail_msg("%s: %s", model_name, diag.msg);
     }
     ch.llm->info(ch.llm_model, &ch.li);
@@ -401,8 +433,8 @@ static int run_model(const char *dir, const char *model_name) {
     return n;
 }
 
-static void test_goldens(void **state) {
-    (void)state;
+static void run_goldens(enum vlm_precision vision_precision) {
+    g_vision_precision = vision_precision;
     char root[512];
     snprintf(root, sizeof root, "%s/vlm/models", VLM_TEST_DATA_DIR);
     DIR *d = opendir(root);
@@ -431,6 +463,18 @@ static void test_goldens(void **state) {
     }
     print_message("  %d golden models, %d cases checked\n", n, n_cases);
     assert_true(have15 && have16);
+}
+
+static void test_goldens(void **state) {
+    (void)state;
+    run_goldens(VLM_PRECISION_AUTO); // F32 files: exact products
+}
+
+// The same goldens with the encoder and projector in BF16 (the default for F16 files on CPUs with AVX512-BF16,
+// forced here on the F32 files): bounded drift, and the same first token wherever transformers' margin allows.
+static void test_goldens_bf16(void **state) {
+    (void)state;
+    run_goldens(VLM_PRECISION_BF16);
 }
 
 // Files that are not vision models are refused with a clear error, not loaded half-way.
@@ -477,6 +521,7 @@ static int teardown(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_goldens),
+        cmocka_unit_test(test_goldens_bf16),
         cmocka_unit_test(test_refuses_other_files),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

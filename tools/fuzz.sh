@@ -3,6 +3,11 @@
 #
 #   tools/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s; targets: gguf image proto ..., default all)
 #
+# SECONDS are wall seconds, or CPU seconds of the fuzzer process with FUZZ_BUDGET=cpu: then a watcher stops the
+# target (SIGINT, so libFuzzer prints its final stats) once it has used that much CPU, however busy the machine
+# is (run it under FUZZ_NICE=19 beside other work). Never pause a target with SIGSTOP: libFuzzer's per-input
+# -timeout is wall-clock, so the input in flight is reported (and saved) as a timeout when it resumes.
+#
 # Configures and builds build-fuzz (clang, ASan + UBSan, coverage on the whole library), then runs each target in
 # turn for the given wall time, with a working corpus in build-fuzz/fuzz-work/<target>/corpus seeded from
 # tests/fuzz/corpus-<target>/ (the working corpus is kept between runs, so longer campaigns build on each other;
@@ -12,7 +17,7 @@
 # work directory. Prints one line per target: executions, execs per wall and per CPU second, CPU time and
 # findings.
 #
-# Environment: FUZZ_JOBS=N runs N targets at once (default 1); FUZZ_BUILD_DIR (default build-fuzz);
+# Environment: FUZZ_BUDGET=wall|cpu (default wall); FUZZ_NICE=N runs the targets under nice -n N; FUZZ_JOBS=N runs N targets at once (default 1); FUZZ_BUILD_DIR (default build-fuzz);
 # FUZZ_NO_BUILD=1 skips the configure/build step; FUZZ_ARGS adds libFuzzer flags.
 # Exit status: 0 when nothing was found, 1 when a target found something (or failed to run), 2 on a usage or
 # build error.
@@ -28,6 +33,9 @@ fi
 shift $(($# > 0 ? 1 : 0))
 build=${FUZZ_BUILD_DIR:-build-fuzz}
 jobs=${FUZZ_JOBS:-1}
+budget=${FUZZ_BUDGET:-wall}
+case $budget in wall | cpu) ;; *) echo "fuzz.sh: FUZZ_BUDGET must be wall or cpu" >&2; exit 2 ;; esac
+nice_n=${FUZZ_NICE:-0}
 
 all=()
 for f in tests/fuzz/fuzz-*.c; do
@@ -62,9 +70,48 @@ max_len() {
 }
 
 work=$root/$build/fuzz-work
+
+# CPU seconds (user + system) used so far by process $1, or nothing once it is gone.
+cpu_seconds() {
+    local f
+    f=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    f=${f##*) } # the command name may hold spaces; fields restart after its closing parenthesis
+    set -- $f   # $12 = utime, $13 = stime (fields 14 and 15 of proc(5)), in clock ticks
+    echo $(((${12} + ${13}) / $(getconf CLK_TCK)))
+}
+
+# Runs one target under its budget; its exit status is the fuzzer's (a CPU-budget stop counts as 0).
+run_target() {
+    local t=$1 bin=$2 w=$3
+    shift 3
+    local total=$secs
+    [[ $budget == cpu ]] && total=0 # no wall limit: the watcher below stops it
+    ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        nice -n "$nice_n" "$bin" -max_total_time="$total" -rss_limit_mb=2048 -timeout=25 -max_len="$(max_len "$t")" \
+        -print_final_stats=1 -artifact_prefix="$w/artifacts/" ${FUZZ_ARGS:-} "$w/corpus" "$@" &
+    local pid=$! used stopped=0
+    if [[ $budget == cpu ]]; then
+        while used=$(cpu_seconds "$pid"); do
+            if ((used >= secs)); then
+                stopped=1
+                kill -INT "$pid" 2>/dev/null
+                break
+            fi
+            sleep 5
+        done
+    fi
+    wait "$pid"
+    local rc=$?
+    # libFuzzer exits with 72 (its -interrupted_exitcode) after a SIGINT: that is our own stop, not a finding.
+    if ((stopped && rc == 72)); then
+        rc=0
+    fi
+    return $rc
+}
 # One target: run, then collect artifacts and stats. Writes $work/<t>/summary.
 fuzz_one() {
     local t=$1 bin=$root/$build/bin/fuzz-$t w=$work/$1
+    local start=$SECONDS
     mkdir -p "$w/corpus" "$w/artifacts"
     rm -f "$w"/artifacts/*
     if [[ -d tests/fuzz/corpus-$t ]]; then
@@ -75,10 +122,7 @@ fuzz_one() {
     local rc
     TIMEFORMAT='%U %S'
     {
-        time ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-            "$bin" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=25 -max_len="$(max_len "$t")" \
-            -print_final_stats=1 -artifact_prefix="$w/artifacts/" ${FUZZ_ARGS:-} \
-            "$w/corpus" "${extra[@]}" >"$w/log" 2>&1
+        time run_target "$t" "$bin" "$w" "${extra[@]}" >"$w/log" 2>&1
     } 2>"$w/cputime"
     rc=$?
     local cpu execs eps found
@@ -106,10 +150,10 @@ fuzz_one() {
         per_cpu=$((execs / cpu))
     fi
     printf '%-12s execs %-10s execs/s %-7s execs/cpu-s %-7s cpu %5ss  wall %ss  crashes %s  slow %s  rc %s\n' \
-        "$t" "${execs:-?}" "${eps:-?}" "$per_cpu" "${cpu:-?}" "$secs" "$found" "$slow" "$rc" >"$w/summary"
+        "$t" "${execs:-?}" "${eps:-?}" "$per_cpu" "${cpu:-?}" "$((SECONDS - start))" "$found" "$slow" "$rc" >"$w/summary"
 }
 
-echo "== fuzz: ${targets[*]}, ${secs}s each, $jobs at a time (logs: $work/<target>/log)"
+echo "== fuzz: ${targets[*]}, ${secs} $budget seconds each, $jobs at a time (logs: $work/<target>/log)"
 running=0
 for t in "${targets[@]}"; do
     fuzz_one "$t" &

@@ -59,6 +59,19 @@ struct vlm_attention_params {
     float scale;       // usually 1/sqrt(head_dim)
 };
 
+// How a backend multiplies with F32 and F16 weights (quantized ones have one way; BF16 ones are BF16).
+enum vlm_precision {
+    VLM_PRECISION_AUTO = 0,  // the model plugin's choice (see struct vlm_host in plugin.h)
+    VLM_PRECISION_EXACT = 1, // the stored weight times the F32 activation, exact products summed in F32
+    VLM_PRECISION_BF16 = 2,  // weight and activation rounded to BF16 (8-bit significands), products summed in F32:
+                             // twice the multiply rate on CPUs with AVX512-BF16; what LLaVA was trained in
+};
+
+// "auto", "exact", "bf16".
+VLM_API const char *vlm_precision_name(enum vlm_precision p);
+// Parses a name vlm_precision_name returns; VLM_EINVAL for anything else.
+VLM_API int vlm_precision_parse(const char *name, enum vlm_precision *out);
+
 // ---- backend lifetime ------------------------------------------------------------------------------------
 
 struct vlm_backend_cpu_params {
@@ -78,6 +91,8 @@ VLM_API int vlm_backend_n_threads(const struct vlm_backend *be);
 VLM_API int vlm_backend_synchronize(struct vlm_backend *be);
 // True when the backend can run matmul with weights of this type.
 VLM_API bool vlm_backend_supports_type(const struct vlm_backend *be, enum vlm_type type);
+// True when VLM_PRECISION_BF16 is faster than exact products on this backend (CPU: AVX512-BF16 on the AVX-512 path).
+VLM_API bool vlm_backend_fast_bf16(const struct vlm_backend *be);
 
 // ---- tensors ---------------------------------------------------------------------------------------------
 
@@ -102,6 +117,12 @@ VLM_API int vlm_tensor_from_host(struct vlm_backend *be, const struct vlm_tensor
 
 VLM_API void vlm_tensor_release(struct vlm_tensor *t);
 
+// Multiplies with weight `w` (a whole tensor from vlm_tensor_from_host) at precision `p` from then on. For F32 and
+// F16 weights, VLM_PRECISION_BF16 makes the CPU backend keep a BF16 copy in its packed layout (the stored bytes
+// stay as they are for every other op; the copy is dropped with the tensor); EXACT (or AUTO) drops such a copy.
+// Other types are left alone (0). VLM_EUNSUPPORTED when the backend has no BF16 path: it keeps computing exactly.
+VLM_API int vlm_tensor_set_precision(struct vlm_backend *be, const struct vlm_tensor *w, enum vlm_precision p);
+
 // Copies bytes between host memory and a tensor (`offset` and `size` in bytes within the contiguous tensor).
 VLM_API int vlm_tensor_set(struct vlm_tensor *t, const void *src, size_t offset, size_t size);
 VLM_API int vlm_tensor_get(const struct vlm_tensor *t, void *dst, size_t offset, size_t size);
@@ -113,6 +134,10 @@ VLM_API int vlm_tensor_get(const struct vlm_tensor *t, void *dst, size_t offset,
 // dst: [n_out, n_tok] F32 (must not alias x).
 VLM_API void vlm_op_matmul(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *w,
                            const struct vlm_tensor *x);
+// dst = matmul(w, x) + b on every row: b is [n_out] F32 (or NULL / no data: plain matmul). One pass over dst where
+// the backend can add the bias as it stores the product (the CPU's packed BF16 kernel does).
+VLM_API void vlm_op_matmul_bias(struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *w,
+                                const struct vlm_tensor *x, const struct vlm_tensor *b);
 
 // dst row t = table row ids[t], converted to F32. table: [n_embd, n_rows] any supported type;
 // ids: host array of n_ids values, each checked against n_rows by the caller; dst: [n_embd, n_ids].

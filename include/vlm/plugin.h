@@ -40,6 +40,9 @@ struct vlm_host {
     // Polled between layers; a true return stops the current call with VLM_ECANCELED. May be NULL.
     bool (*should_cancel)(void *user);
     void *cancel_user;
+    // How the instance multiplies with F32/F16 weights. AUTO: the plugin's default (vision encoders and
+    // projectors: BF16 for F16 weights where the backend is faster that way, exact for F32; LLMs: exact).
+    enum vlm_precision precision;
 };
 
 // ---- LLM ---------------------------------------------------------------------------------------------------

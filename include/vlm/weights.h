@@ -28,7 +28,15 @@ VLM_API int vlm_hparam_bool(const struct vlm_gguf *g, const char *key, bool *out
 enum vlm_weight_flags {
     VLM_WEIGHT_REQUIRED = 1, // a missing tensor is an error (else `out` is zeroed, data NULL)
     VLM_WEIGHT_MATRIX = 2,   // any type the backend can multiply with; without it the tensor must be F32
+    // With VLM_WEIGHT_MATRIX: multiply in BF16 (vlm_tensor_set_precision) where the backend is faster that way,
+    // an F16 matrix only (BF16_16) or an F32 one too (BF16). Elsewhere the products stay exact.
+    VLM_WEIGHT_BF16_16 = 4,
+    VLM_WEIGHT_BF16 = 8,
 };
+
+// The BF16 flags above for a plugin instance: the host's precision (struct vlm_host), where VLM_PRECISION_AUTO
+// means `auto_flags` (the plugin's default: 0, or VLM_WEIGHT_BF16_16 for a vision encoder).
+VLM_API unsigned vlm_weight_precision_flags(enum vlm_precision host_precision, unsigned auto_flags);
 
 // Looks up tensor `name`, checks its shape against `want` (ggml order, unused dims 1) and its type, and hands
 // it to the backend as a 2-D tensor: [ne0, ne1*ne2] normally, [ne0*ne1*ne2, ne3] when ne3 > 1 (a 4-D

@@ -24,7 +24,7 @@ struct ew_ctx {
     enum vlm_gelu_kind gelu;
 };
 
-static void gelu_row(enum vlm_gelu_kind kind, int64_t n, const float *x, float *y) {
+static void gelu_row(const struct vlm_cpu_vec *vec, enum vlm_gelu_kind kind, int64_t n, const float *x, float *y) {
     switch (kind) {
     case VLM_GELU_ERF:
         for (int64_t i = 0; i < n; i++) {
@@ -37,11 +37,7 @@ static void gelu_row(enum vlm_gelu_kind kind, int64_t n, const float *x, float *
             y[i] = 0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
         }
         break;
-    case VLM_GELU_QUICK:
-        for (int64_t i = 0; i < n; i++) {
-            y[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
-        }
-        break;
+    case VLM_GELU_QUICK: vec->gelu_quick(n, x, y); break;
     }
 }
 
@@ -73,7 +69,7 @@ static void ew_rows(void *arg, int ith, int nth) {
             ec->vec->silu(n, a, y);
             break;
         case EW_GELU:
-            gelu_row(ec->gelu, n, a, y);
+            gelu_row(ec->vec, ec->gelu, n, a, y);
             break;
         case EW_SWIGLU:
             ec->vec->swiglu(n, a, b, y);

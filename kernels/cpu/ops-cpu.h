@@ -25,6 +25,7 @@ struct vlm_cpu_vec {
     float (*exp_sum)(int64_t n, float *x, float scale, float sub);       // x = exp(x * scale - sub); returns sum
     void (*silu)(int64_t n, const float *x, float *y);                   // y = x / (1 + exp(-x)); y may alias x
     void (*swiglu)(int64_t n, const float *g, const float *u, float *y); // y = silu(g) * u; y may alias g or u
+    void (*gelu_quick)(int64_t n, const float *x, float *y); // y = x / (1 + exp(-1.702 x)) (CLIP); y may alias x
 };
 
 extern const struct vlm_cpu_vec vlm__cpu_vec_scalar;
@@ -85,7 +86,8 @@ static inline float *vlm__row_f32(const struct vlm_tensor *t, int64_t r) {
 void vlm__cpu_matmul(struct vlm_backend *be,
                      struct vlm_tensor *dst,
                      const struct vlm_tensor *w,
-                     const struct vlm_tensor *x);
+                     const struct vlm_tensor *x,
+                     const struct vlm_tensor *bias);
 void vlm__cpu_get_rows(
     struct vlm_backend *be, struct vlm_tensor *dst, const struct vlm_tensor *table, const int32_t *ids, int64_t n_ids);
 void vlm__cpu_rms_norm(

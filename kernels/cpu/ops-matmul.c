@@ -128,6 +128,7 @@ static void matmul_worker(void *arg, int ith, int nth) {
 
 struct packed_convert_ctx {
     const struct vlm_tensor *x;
+    enum vlm_cpu_pack_format format;
     char *xq;
     size_t xq_row;
     int64_t n_in;
@@ -139,23 +140,27 @@ static void packed_convert_rows(void *arg, int ith, int nth) {
     int64_t lo, hi;
     vlm__cpu_split(cc->n_tok, ith, nth, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) {
-#if defined(VLM_HAVE_X86)
-        vlm__quant_row_q8_0s_avx512(vlm__row_f32(cc->x, t), cc->xq + (size_t)t * cc->xq_row, cc->n_in, 8);
-#endif
+        const float *src = vlm__row_f32(cc->x, t);
+        char *dst = cc->xq + (size_t)t * cc->xq_row;
+        if (cc->format == VLM_PACK_Q4_0X16) {
+            (void)vlm__packed_quant_q8_0s(src, dst, cc->n_in, 8);
+        } else {
+            (void)vlm__packed_quant_bf16p(src, dst, cc->n_in);
+        }
     }
 }
 
 struct packed_ctx {
-    const char *w;
-    size_t g_stride;
-    int64_t n_groups;
+    const struct vlm_cpu_packed *pk;
     const char *xq;
     size_t xq_row;
     float *dst;
     size_t dst_row;
+    const float *bias;
     int64_t n_in;
     int64_t n_tok;
     int64_t chunk_groups;
+    int64_t chunk_toks;
     int64_t n_gblocks;
     int64_t n_chunks;
     atomic_llong next;
@@ -165,32 +170,42 @@ static void packed_worker(void *arg, int ith, int nth) {
     (void)ith;
     (void)nth;
     struct packed_ctx *pc = arg;
+    const struct vlm_cpu_packed *pk = pc->pk;
     for (;;) {
         int64_t chunk = atomic_fetch_add_explicit(&pc->next, 1, memory_order_relaxed);
         if (chunk >= pc->n_chunks) {
             break;
         }
         int64_t g0 = (chunk % pc->n_gblocks) * pc->chunk_groups;
-        int64_t g1 = g0 + pc->chunk_groups < pc->n_groups ? g0 + pc->chunk_groups : pc->n_groups;
-        int64_t t0 = (chunk / pc->n_gblocks) * TILE_TOKS;
-        int64_t t1 = t0 + TILE_TOKS < pc->n_tok ? t0 + TILE_TOKS : pc->n_tok;
-#if defined(VLM_HAVE_X86)
-        vlm__gemm_q4_0x16_avx512(pc->n_in, pc->dst + (size_t)t0 * pc->dst_row + (size_t)g0 * VLM_PACK_ROWS,
-                                 pc->dst_row, pc->w + (size_t)g0 * pc->g_stride, pc->g_stride, (int)(g1 - g0),
-                                 pc->xq + (size_t)t0 * pc->xq_row, pc->xq_row, (int)(t1 - t0));
-#else
-        (void)g1;
-        (void)t1;
-#endif
+        int64_t g1 = g0 + pc->chunk_groups < pk->n_groups ? g0 + pc->chunk_groups : pk->n_groups;
+        int64_t t0 = (chunk / pc->n_gblocks) * pc->chunk_toks;
+        int64_t t1 = t0 + pc->chunk_toks < pc->n_tok ? t0 + pc->chunk_toks : pc->n_tok;
+        float *s = pc->dst + (size_t)t0 * pc->dst_row + (size_t)g0 * VLM_PACK_ROWS;
+        const char *w = (const char *)pk->data + (size_t)g0 * pk->group_size;
+        const char *x = pc->xq + (size_t)t0 * pc->xq_row;
+        if (pk->format == VLM_PACK_Q4_0X16) {
+            (void)vlm__packed_gemm_q4_0x16(pc->n_in, s, pc->dst_row, w, pk->group_size, (int)(g1 - g0), x, pc->xq_row,
+                                           (int)(t1 - t0));
+        } else {
+            (void)vlm__packed_gemm_bf16x16(pc->n_in, s, pc->dst_row, w, pk->group_size, (int)(g1 - g0),
+                                           g1 == pk->n_groups ? pk->last_rows : VLM_PACK_ROWS, x, pc->xq_row,
+                                           (int)(t1 - t0), pc->bias ? pc->bias + g0 * VLM_PACK_ROWS : NULL);
+        }
     }
 }
 
-static void matmul_packed(struct vlm_cpu_ctx *c, const struct vlm_cpu_packed *pk, struct vlm_tensor *dst,
-                          const struct vlm_tensor *x) {
+// BF16 x16 prefill chunks: 4 groups (64 rows, 128 KB of weights at n_in 1024) x about FLOAT_TOKS tokens.
+#define BF16X16_CHUNK_GROUPS 4
+
+// Rows [0, packed rows) of the product from the packed copy; returns how many rows that was.
+static int64_t matmul_packed(struct vlm_cpu_ctx *c, const struct vlm_cpu_packed *pk, struct vlm_tensor *dst,
+                             const struct vlm_tensor *x, const float *bias) {
     const int64_t n_in = x->ne[0], n_tok = x->ne[1];
+    const bool q4 = pk->format == VLM_PACK_Q4_0X16;
     struct packed_convert_ctx cc = {
         .x = x,
-        .xq_row = vlm__q8_0s_row_size(n_in),
+        .format = pk->format,
+        .xq_row = q4 ? vlm__q8_0s_row_size(n_in) : vlm__bf16p_row_size(n_in),
         .n_in = n_in,
         .n_tok = n_tok,
     };
@@ -198,27 +213,36 @@ static void matmul_packed(struct vlm_cpu_ctx *c, const struct vlm_cpu_packed *pk
     vlm__cpu_parallel(c, packed_convert_rows, &cc, n_tok > 1 ? n_in * n_tok : 0);
 
     struct packed_ctx pc = {
-        .w = pk->data,
-        .g_stride = pk->group_size,
-        .n_groups = pk->n_groups,
+        .pk = pk,
         .xq = cc.xq,
         .xq_row = cc.xq_row,
         .dst = dst->data,
         .dst_row = dst->nb[1] / sizeof(float),
+        .bias = bias,
         .n_in = n_in,
         .n_tok = n_tok,
+        .chunk_toks = TILE_TOKS,
     };
     if (n_tok == 1) {
         // contiguous group ranges: each thread streams its own part of the matrix
         int64_t per = (pk->n_groups + 4 * (int64_t)c->n_threads - 1) / (4 * (int64_t)c->n_threads);
         pc.chunk_groups = per < 1 ? 1 : per;
-    } else {
+    } else if (q4) {
         pc.chunk_groups = 1;
+    } else {
+        pc.chunk_groups = BF16X16_CHUNK_GROUPS;
+        int64_t n_blocks = (n_tok + FLOAT_TOKS - 1) / FLOAT_TOKS;
+        int64_t per = (n_tok + n_blocks - 1) / n_blocks;
+        pc.chunk_toks = (per + FLOAT_SUB - 1) / FLOAT_SUB * FLOAT_SUB;
     }
     pc.n_gblocks = (pk->n_groups + pc.chunk_groups - 1) / pc.chunk_groups;
-    pc.n_chunks = pc.n_gblocks * ((n_tok + TILE_TOKS - 1) / TILE_TOKS);
+    pc.n_chunks = pc.n_gblocks * ((n_tok + pc.chunk_toks - 1) / pc.chunk_toks);
     atomic_init(&pc.next, 0);
     vlm__cpu_parallel(c, packed_worker, &pc, n_in * pk->n_groups * VLM_PACK_ROWS * n_tok);
+    if (q4) {
+        return pk->n_groups * VLM_PACK_ROWS;
+    }
+    return (pk->n_groups - 1) * VLM_PACK_ROWS + pk->last_rows;
 }
 
 // ---- entry ---------------------------------------------------------------------------------------------------
@@ -284,15 +308,21 @@ static void matmul_plain(struct vlm_cpu_ctx *c, struct vlm_tensor *dst, const st
 void vlm__cpu_matmul(struct vlm_backend *be,
                      struct vlm_tensor *dst,
                      const struct vlm_tensor *w,
-                     const struct vlm_tensor *x) {
+                     const struct vlm_tensor *x,
+                     const struct vlm_tensor *bias) {
     struct vlm_cpu_ctx *c = vlm__cpu_ctx(be);
     struct vlm_cpu_packed pk;
     int64_t done = 0;
+    bool bias_done = false;
     if (vlm__cpu_packed_find(be, w, &pk)) {
-        matmul_packed(c, &pk, dst, x);
-        done = pk.n_groups * VLM_PACK_ROWS;
+        // the BF16 kernel adds the bias as it stores (it covers every row); Q4_0 leaves it to the pass below
+        bias_done = bias && pk.format == VLM_PACK_BF16X16;
+        done = matmul_packed(c, &pk, dst, x, bias_done ? bias->data : NULL);
     }
     if (done < w->ne[1]) {
         matmul_plain(c, dst, w, x, done);
+    }
+    if (bias && !bias_done) {
+        vlm__cpu_add(be, dst, dst, bias);
     }
 }

@@ -92,6 +92,12 @@ static void swiglu(int64_t n, const float *g, const float *u, float *y) {
     }
 }
 
+static void gelu_quick(int64_t n, const float *x, float *y) {
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    }
+}
+
 const struct vlm_cpu_vec vlm__cpu_vec_scalar = {
     .dot_f32 = dot_f32,
     .dot_f16 = dot_f16,
@@ -103,6 +109,7 @@ const struct vlm_cpu_vec vlm__cpu_vec_scalar = {
     .exp_sum = exp_sum,
     .silu = silu,
     .swiglu = swiglu,
+    .gelu_quick = gelu_quick,
 };
 
 const struct vlm_cpu_vec *vlm__cpu_vec_get(void) {

@@ -422,7 +422,7 @@ enum vlm_cpu_isa vlm__cpu_isa_best(void) {
 }
 
 #if defined(VLM_HAVE_X86)
-static bool cpu_has_bf16(void) {
+bool vlm__cpu_has_bf16(void) {
     vlm__cpu_isa_best();
     return detected_bf16;
 }
@@ -485,7 +485,7 @@ const struct vlm_cpu_type_traits *vlm__cpu_type_traits_isa(enum vlm_type type, e
         t = &avx2_traits[type];
         break;
     case VLM_CPU_ISA_AVX512:
-        t = (type == VLM_TYPE_BF16 && !cpu_has_bf16()) ? &avx512_nobf16_bf16 : &avx512_traits[type];
+        t = (type == VLM_TYPE_BF16 && !vlm__cpu_has_bf16()) ? &avx512_nobf16_bf16 : &avx512_traits[type];
         break;
 #endif
     default:

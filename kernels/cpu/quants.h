@@ -198,12 +198,37 @@ void vlm__gemm_q4_0x16_avx512(int64_t n, float *s, size_t s_stride, const void *
                               const void *x, size_t x_stride, int nx);
 #endif
 
+// BF16 x16: groups of 16 consecutive rows as BF16 pairs. A group of rows with n elements is (n + 1) / 2 pairs of
+// 64 bytes: dword lane r of pair p holds row r's elements 2p (low half) and 2p + 1 (high half), zero past the row's
+// end (odd n) and in the rows of a partial last group. Activations for it are BF16 rows zero-padded to even
+// length (vlm__quant_row_bf16p_avx512), 64-byte aligned.
+size_t vlm__bf16x16_group_size(int64_t n);
+// Packs rows [0, rows) (rows <= 16, rows src_row bytes apart, type F32, F16 or BF16) into one group.
+void vlm__pack_bf16x16(enum vlm_type type, const void *src, size_t src_row, int rows, void *dst, int64_t n);
+size_t vlm__bf16p_row_size(int64_t n);
+// True when this CPU runs the BF16 x16 kernels (AVX-512 path with AVX512-BF16).
+bool vlm__cpu_bf16_dot(void);
+bool vlm__packed_gemm_bf16x16(int64_t n, float *s, size_t s_stride, const void *w, size_t g_stride, int ng,
+                              int last_rows, const void *x, size_t x_stride, int nx, const float *bias);
+bool vlm__packed_quant_bf16p(const float *src, void *dst, int64_t n);
+
+#if defined(VLM_HAVE_X86)
+void vlm__quant_row_bf16p_avx512(const float *src, void *dst, int64_t n);
+// s[t * s_stride + 16 * g + r] (+ bias[16 g + r] when bias is not NULL) = dot(row r of group g, activation row t)
+// for g < ng, t < nx, r < 16 (r < last_rows in the last group).
+void vlm__gemm_bf16x16_avx512(int64_t n, float *s, size_t s_stride, const void *w, size_t g_stride, int ng,
+                              int last_rows, const void *x, size_t x_stride, int nx, const float *bias);
+#endif
+
 // Traits for the current ISA path; NULL for types the CPU backend cannot compute with.
 const struct vlm_cpu_type_traits *vlm__cpu_type_traits(enum vlm_type type);
 // Traits of a specific path (for tests comparing paths); NULL if that path lacks the type or the CPU lacks it.
 const struct vlm_cpu_type_traits *vlm__cpu_type_traits_isa(enum vlm_type type, enum vlm_cpu_isa isa);
 
 enum vlm_cpu_isa vlm__cpu_isa_best(void);    // best path this CPU can run
+#if defined(VLM_HAVE_X86)
+bool vlm__cpu_has_bf16(void);                // the CPU has AVX512-BF16 (whatever path is in use)
+#endif
 enum vlm_cpu_isa vlm__cpu_isa_get(void);     // path in use
 int vlm__cpu_isa_set(enum vlm_cpu_isa isa);  // VLM_EUNSUPPORTED if the CPU lacks it
 const char *vlm__cpu_isa_name(enum vlm_cpu_isa isa);

@@ -156,6 +156,9 @@ static int load_hparams(const struct vlm_gguf *g, struct llama_hparams *hp, stru
 static int load_tensor(struct llama_model *m, const char *name, int64_t ne0, int64_t ne1, bool required,
                        bool weight_matrix, struct vlm_tensor *out, struct vlm_diag *diag) {
     unsigned flags = (required ? VLM_WEIGHT_REQUIRED : 0u) | (weight_matrix ? VLM_WEIGHT_MATRIX : 0u);
+    if (weight_matrix) {
+        flags |= vlm_weight_precision_flags(m->host.precision, 0); // AUTO: exact (the goldens' numerics)
+    }
     int rc = vlm_weight_load_2d(m->be, m->gguf, name, ne0, ne1, flags, out, diag);
     if (rc == 0 && out->data) {
         m->info.n_params += (uint64_t)vlm_tensor_nelements(out);

@@ -57,6 +57,9 @@ struct proj_model {
 static int load_tensor(struct proj_model *m, const char *name, int64_t ne0, int64_t ne1, bool required,
                        bool weight_matrix, struct vlm_tensor *out, struct vlm_diag *diag) {
     unsigned flags = (required ? VLM_WEIGHT_REQUIRED : 0u) | (weight_matrix ? VLM_WEIGHT_MATRIX : 0u);
+    if (weight_matrix) {
+        flags |= vlm_weight_precision_flags(m->host.precision, VLM_WEIGHT_BF16_16); // as the encoder
+    }
     return vlm_weight_load_2d(m->be, m->gguf, name, ne0, ne1, flags, out, diag);
 }
 
@@ -291,18 +294,12 @@ static int project_rows(struct proj_model *m, const float *src, int64_t n, float
         if (rc) {
             return rc;
         }
-        vlm_op_matmul(m->be, &mid, &m->mm0_w, &in);
-        if (m->mm0_b.data) {
-            vlm_op_add(m->be, &mid, &mid, &m->mm0_b);
-        }
+        vlm_op_matmul_bias(m->be, &mid, &m->mm0_w, &in, &m->mm0_b); // no data: no bias
         struct vlm_tensor *res = &mid;
         struct vlm_tensor out = vlm_tensor_rows(&m->out, 0, r);
         if (m->kind == PROJ_MLP) {
             vlm_op_gelu(m->be, &mid, &mid, VLM_GELU_ERF); // PyTorch nn.GELU()
-            vlm_op_matmul(m->be, &out, &m->mm2_w, &mid);
-            if (m->mm2_b.data) {
-                vlm_op_add(m->be, &out, &out, &m->mm2_b);
-            }
+            vlm_op_matmul_bias(m->be, &out, &m->mm2_w, &mid, &m->mm2_b);
             res = &out;
         }
         if ((rc = vlm_tensor_get(res, dst + (size_t)(r0 * n_out), 0, (size_t)(r * n_out) * sizeof(float)))) {

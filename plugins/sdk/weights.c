@@ -2,6 +2,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "vlm/log.h"
 #include "vlm/weights.h"
 
 int vlm_hparam_i32(const struct vlm_gguf *g, const char *key, int32_t lo, int32_t hi, bool required, int32_t *out,
@@ -107,7 +108,24 @@ int vlm_weight_load(struct vlm_backend *be, const struct vlm_gguf *g, const char
         return vlm_diag_set(diag, rc, "%s: cannot place tensor '%s' on backend %s", path, name, vlm_backend_name(be));
     }
     out->name = t->name;
+    const bool bf16 = (flags & VLM_WEIGHT_BF16) ||
+                      ((flags & VLM_WEIGHT_BF16_16) && (t->type == VLM_TYPE_F16 || t->type == VLM_TYPE_BF16));
+    if ((flags & VLM_WEIGHT_MATRIX) && bf16 && vlm_backend_fast_bf16(be)) {
+        // out of memory for the copy only costs speed: the stored weights still work
+        rc = vlm_tensor_set_precision(be, out, VLM_PRECISION_BF16);
+        if (rc && rc != VLM_EUNSUPPORTED) {
+            VLM_LOGW("%s: tensor '%s': no BF16 copy (%s): exact products", path, name, vlm_strerror(rc));
+        }
+    }
     return 0;
+}
+
+unsigned vlm_weight_precision_flags(enum vlm_precision host_precision, unsigned auto_flags) {
+    switch (host_precision) {
+    case VLM_PRECISION_EXACT: return 0;
+    case VLM_PRECISION_BF16: return VLM_WEIGHT_BF16;
+    default: return auto_flags & (VLM_WEIGHT_BF16 | VLM_WEIGHT_BF16_16);
+    }
 }
 
 int vlm_weight_load_2d(struct vlm_backend *be, const struct vlm_gguf *g, const char *name, int64_t ne0, int64_t ne1,

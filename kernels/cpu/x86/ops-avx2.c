@@ -179,6 +179,18 @@ static void swiglu(int64_t n, const float *g, const float *u, float *y) {
     }
 }
 
+static void gelu_quick(int64_t n, const float *x, float *y) {
+    const __m256 k = _mm256_set1_ps(-1.702f), one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        _mm256_storeu_ps(y + i, _mm256_div_ps(v, _mm256_add_ps(one, v_exp(_mm256_mul_ps(k, v)))));
+    }
+    for (; i < n; i++) {
+        y[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    }
+}
+
 const struct vlm_cpu_vec vlm__cpu_vec_avx2 = {
     .dot_f32 = dot_f32,
     .dot_f16 = dot_f16,
@@ -190,4 +202,5 @@ const struct vlm_cpu_vec vlm__cpu_vec_avx2 = {
     .exp_sum = exp_sum,
     .silu = silu,
     .swiglu = swiglu,
+    .gelu_quick = gelu_quick,
 };

@@ -141,6 +141,15 @@ static void swiglu(int64_t n, const float *g, const float *u, float *y) {
     }
 }
 
+static void gelu_quick(int64_t n, const float *x, float *y) {
+    const __m512 k = _mm512_set1_ps(-1.702f), one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_div_ps(v, _mm512_add_ps(one, v_exp(_mm512_mul_ps(k, v)))));
+    }
+}
+
 const struct vlm_cpu_vec vlm__cpu_vec_avx512 = {
     .dot_f32 = dot_f32,
     .dot_f16 = dot_f16,
@@ -152,6 +161,7 @@ const struct vlm_cpu_vec vlm__cpu_vec_avx512 = {
     .exp_sum = exp_sum,
     .silu = silu,
     .swiglu = swiglu,
+    .gelu_quick = gelu_quick,
 };
 
 // ---- attention block, head_dim 64 ----------------------------------------------------------------------------
