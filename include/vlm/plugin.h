@@ -25,7 +25,9 @@
 extern "C" {
 #endif
 
-#define VLM_PLUGIN_ABI_VERSION 1u
+// Bumped whenever a struct or table below changes layout (2: struct vlm_host gained `precision`); the loader
+// refuses a plugin built for another version with VLM_EABI.
+#define VLM_PLUGIN_ABI_VERSION 2u
 
 enum vlm_plugin_kind {
     VLM_PLUGIN_KIND_ENCODER = 1,
