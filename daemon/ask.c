@@ -52,6 +52,13 @@ static bool on_piece(const char *raw, size_t raw_len, void *user) {
     struct ask_ctx *a = user;
     struct vlm__job *job = a->job;
     struct vlmd *d = a->w->d;
+    // Back-pressure: while the client has output_pause bytes unread the loop holds the ask, and the worker waits
+    // here, before the piece goes anywhere, so nothing is lost or reordered when it resumes. The worker slot stays
+    // taken (the session and its KV cache live on this stack); send_timeout bounds how long.
+    vlm__job_wait_released(a->w, job);
+    if (atomic_load(&job->cancel)) {
+        return false;
+    }
     char stack[512];
     char *text = raw_len * 3 <= sizeof stack ? stack : malloc(raw_len * 3);
     if (!text || grow(&job->text, &job->text_cap, job->text_len + raw_len * 3 + 1) != 0) {

@@ -12,6 +12,7 @@
 #include "daemon/vlmd.h"
 
 #define CHAINS_MAX 256
+#define OUTPUT_PAUSE_DEFAULT ((size_t)256 << 10)
 
 struct parse_state {
     struct vlm__config *cfg;
@@ -119,6 +120,11 @@ static int set_daemon_key(struct vlm__config *cfg, const char *key, const char *
             return -1;
         }
         cfg->kv_f16 = !strcmp(v, "f16");
+    } else if (!strcmp(key, "vision_precision")) {
+        if (vlm_precision_parse(v, &cfg->vision_precision) != 0) {
+            snprintf(why, cap, "vision_precision: expected auto, exact or bf16");
+            return -1;
+        }
     } else if (!strcmp(key, "queue_depth")) {
         if (!parse_long(v, 0, 65536, &n)) {
             snprintf(why, cap, "queue_depth: expected 0 .. 65536");
@@ -141,15 +147,24 @@ static int set_daemon_key(struct vlm__config *cfg, const char *key, const char *
             snprintf(why, cap, "max_output: expected a size of 4K .. 4G (suffixes K, M, G)");
             return -1;
         }
-    } else if (!strcmp(key, "shutdown_timeout") || !strcmp(key, "frame_timeout") || !strcmp(key, "idle_timeout")) {
+    } else if (!strcmp(key, "output_pause")) {
+        // Below max_output: checked once every key is read (either may come from the file or a flag).
+        if (!parse_size(v, 1024, (size_t)1 << 32, &cfg->output_pause)) {
+            snprintf(why, cap, "output_pause: expected a size of 1K .. 4G, below max_output (suffixes K, M, G)");
+            return -1;
+        }
+    } else if (!strcmp(key, "shutdown_timeout") || !strcmp(key, "frame_timeout") || !strcmp(key, "idle_timeout") ||
+               !strcmp(key, "send_timeout")) {
         char *end;
         double t = strtod(v, &end);
         if (*v == 0 || *end != 0 || !(t >= 0 && t <= 3600)) {
             snprintf(why, cap, "%s: expected seconds, 0 .. 3600", key);
             return -1;
         }
-        double *dst = key[0] == 's' ? &cfg->shutdown_timeout_s : key[0] == 'f' ? &cfg->frame_timeout_s
-                                                                   : &cfg->idle_timeout_s;
+        double *dst = key[0] == 'f'   ? &cfg->frame_timeout_s
+                      : key[0] == 'i' ? &cfg->idle_timeout_s
+                      : key[1] == 'h' ? &cfg->shutdown_timeout_s
+                                      : &cfg->send_timeout_s;
         *dst = t;
     } else if (!strcmp(key, "log_level")) {
         static const struct {
@@ -329,6 +344,8 @@ static void set_defaults(struct vlm__config *cfg) {
     cfg->max_clients = 256;
     cfg->max_message = vlm_proto_default_limits().max_message;
     cfg->max_output = 8u << 20;
+    cfg->output_pause = 0;    // unset: 256K, or a quarter of a smaller max_output (vlm__config_load)
+    cfg->send_timeout_s = 30; // nginx's send_timeout default
     cfg->shutdown_timeout_s = 10;
     cfg->frame_timeout_s = 30; // nginx's client_header_timeout is 60 s; our messages are one frame, sent at once
     cfg->idle_timeout_s = 0;   // as Redis's timeout: clients such as vlmctl --watch may hold a connection open
@@ -388,6 +405,15 @@ int vlm__config_load(const char *file, const struct vlm__override *ov, int n_ov,
             return vlm_diag_set(diag, VLM_EINVAL, "%s: chain '%s' needs both an encoder and a projector (or mmproj)",
                                 file && file[0] ? file : "config", c->name);
         }
+    }
+    if (cfg.output_pause == 0) {
+        cfg.output_pause = cfg.max_output / 4 < OUTPUT_PAUSE_DEFAULT ? cfg.max_output / 4 : OUTPUT_PAUSE_DEFAULT;
+    } else if (cfg.output_pause >= cfg.max_output) {
+        vlm__config_free(&cfg);
+        return vlm_diag_set(diag, VLM_EINVAL,
+                            "%s: output_pause (%zu bytes) must be below max_output (%zu bytes): a client is paused "
+                            "before it is dropped",
+                            file && file[0] ? file : "config", cfg.output_pause, cfg.max_output);
     }
     if (cfg.default_chain[0] && !vlm__config_chain(&cfg, cfg.default_chain)) {
         vlm__config_free(&cfg);

@@ -20,7 +20,8 @@
 static const char *const flag_keys[] = {
     "socket",      "plugin_dir",  "model_dir",   "default_chain", "threads",          "ctx_size",  "kv_type",
     "queue_depth", "max_clients", "max_message", "max_output",    "shutdown_timeout", "log_level", "chain",
-    "allow_users", "allow_groups", "frame_timeout", "idle_timeout",
+    "allow_users", "allow_groups", "frame_timeout", "idle_timeout", "output_pause", "send_timeout",
+    "vision_precision",
 };
 #define N_FLAG_KEYS ((int)(sizeof flag_keys / sizeof flag_keys[0]))
 
@@ -40,10 +41,14 @@ static void usage(FILE *f) {
             "      --threads N            compute threads (default: all CPUs)\n"
             "      --ctx-size N           context positions per request (default: the model's, at most 4096)\n"
             "      --kv-type f16|f32      KV cache type (default f16)\n"
+            "      --vision-precision P   auto|exact|bf16: encoder/projector products (default auto: BF16 for 16-bit\n"
+            "                             weights on CPUs with AVX512-BF16, exact otherwise)\n"
             "      --queue-depth N        asks that may wait for a worker before `busy` (default 64)\n"
             "      --max-clients N        connections (default 256)\n"
             "      --max-message SIZE     largest request (default 64M)\n"
-            "      --max-output SIZE      bytes a client may leave unread before it is dropped (default 8M)\n"
+            "      --max-output SIZE      bytes a client may leave unread before it is dropped at once (default 8M)\n"
+            "      --output-pause SIZE    unread bytes that pause the client's streamed answers (default 256K)\n"
+            "      --send-timeout S       drop a paused client that reads nothing this long (default 30; 0 = never)\n"
             "      --shutdown-timeout S   seconds running requests get after SIGTERM (default 10)\n"
             "      --frame-timeout S      seconds a request may take to arrive once begun (default 30; 0 = none)\n"
             "      --idle-timeout S       close clients silent this long with nothing running (default 0 = never)\n"
@@ -200,6 +205,9 @@ static void reload(struct vlmd *d) {
     d->cfg.queue_depth = cfg.queue_depth;
     d->cfg.max_clients = cfg.max_clients;
     d->cfg.max_output = cfg.max_output;
+    d->cfg.output_pause = cfg.output_pause;
+    d->cfg.send_timeout_s = cfg.send_timeout_s;
+    d->cfg.vision_precision = cfg.vision_precision; // for encoders and projectors loaded from now on
     d->cfg.shutdown_timeout_s = cfg.shutdown_timeout_s;
     d->cfg.frame_timeout_s = cfg.frame_timeout_s;
     d->cfg.idle_timeout_s = cfg.idle_timeout_s;

@@ -74,6 +74,7 @@ void vlm__model_load(struct vlm__worker *w, struct vlm__component *c) {
         .backend = w->backend,
         .should_cancel = vlm__worker_should_cancel,
         .cancel_user = w,
+        .precision = c->kind == VLM_PLUGIN_KIND_LLM ? VLM_PRECISION_AUTO : d->cfg.vision_precision,
     };
     switch (c->kind) {
     case VLM_PLUGIN_KIND_LLM: {

@@ -191,6 +191,9 @@ static void on_ask(struct vlm__conn *c, const struct vlm_proto_msg *msg) {
         }
     }
     job->t_queued = vlm_time_ms();
+    if (c->paused) { // the client has not read what it was sent: its new stream starts held
+        vlm__conn_hold(c, job, true);
+    }
     struct vlm__worker *w = job->comp[VLM_PLUGIN_KIND_LLM]->worker;
     if (vlm__worker_submit(w, job) != 0) {
         VLM_LOGI("req %llu: conn %llu ask %u: busy (queue full)", (unsigned long long)job->rid,
@@ -230,17 +233,26 @@ void vlm__rpc_ask_done(struct vlmd *d, struct vlm__job *job) {
     if (after_cancel < -1) {
         after_cancel = 0;
     }
+    char paused[64] = "";
+    if (job->n_pauses) { // the client's reading, not the model, set the pace
+        if (atomic_load(&job->hold)) {
+            job->paused_ms += vlm_time_ms() - job->t_held;
+        }
+        snprintf(paused, sizeof paused, ", paused %u times for %.1f ms (client not reading)", job->n_pauses,
+                 job->paused_ms);
+    }
     if (job->rc == 0) {
         VLM_LOGI("req %llu: done: %d prompt + %d generated tokens, prefill %.1f ms, decode %.1f ms (%.1f tok/s), "
-                 "queued %.1f ms",
+                 "queued %.1f ms%s",
                  (unsigned long long)job->rid, st->n_prompt, st->n_gen, st->prefill_ms, st->decode_ms,
-                 st->decode_ms > 0 ? st->n_decode / (st->decode_ms / 1e3) : 0.0, ms_between(job->t_queued, job->t_start));
+                 st->decode_ms > 0 ? st->n_decode / (st->decode_ms / 1e3) : 0.0,
+                 ms_between(job->t_queued, job->t_start), paused);
     } else if (job->rc == VLM_ECANCELED) {
         if (after_cancel >= 0) {
             VLM_LOGI("req %llu: cancelled after %d tokens: %d generated after the cancel arrived, stopped %.2f ms "
-                     "after it%s",
+                     "after it%s%s",
                      (unsigned long long)job->rid, st->n_gen, after_cancel, ms_between(job->t_cancel, job->t_end),
-                     c ? "" : " (client gone)");
+                     c ? "" : " (client gone)", paused);
         } else {
             VLM_LOGI("req %llu: cancelled before it ran%s", (unsigned long long)job->rid, c ? "" : " (client gone)");
         }

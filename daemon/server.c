@@ -107,12 +107,74 @@ void vlm__conn_close_after_write(struct vlm__conn *c, const char *why) {
     }
 }
 
+// ---- back-pressure ------------------------------------------------------------------------------------------
+
+// Bytes handed to the connection and not yet taken by the client's socket.
+static size_t unwritten(struct vlm__conn *c) {
+    return uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) + c->out.len;
+}
+
+void vlm__conn_hold(struct vlm__conn *c, struct vlm__job *job, bool hold) {
+    if (!job->stream || atomic_load(&job->hold) == hold) {
+        return; // an ask that is not streamed writes nothing until its answer: nothing to hold back
+    }
+    double now = vlm_time_ms();
+    if (hold) {
+        job->n_pauses++;
+        job->t_held = now;
+        VLM_LOGD("req %llu: paused: conn %llu is not reading", (unsigned long long)job->rid, (unsigned long long)c->id);
+    } else {
+        job->paused_ms += now - job->t_held;
+    }
+    vlm__job_hold(job, hold);
+}
+
+// Past output_pause: the client's streams stop producing (their workers wait) until it reads. Redis keeps
+// buffering up to a limit and nginx stops reading the upstream; for a generation, stopping the producer is what
+// keeps memory flat without losing the stream.
+static void pause_conn(struct vlm__conn *c, size_t queued) {
+    double now = vlm_time_ms();
+    c->paused = true;
+    c->t_paused = c->t_progress = now;
+    c->bytes_taken = c->bytes_queued - uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+    VLM_LOGI("conn %llu: %zu bytes unread by the client (output_pause %zu): pausing its generation",
+             (unsigned long long)c->id, queued, c->d->cfg.output_pause);
+    for (struct vlm__job *j = c->jobs; j; j = j->conn_next) {
+        vlm__conn_hold(c, j, true);
+    }
+}
+
+// What sits in the kernel's socket buffer is unread too, and Linux gives a Unix socket about 200K of it
+// (net.core.wmem_default) whatever output_pause says. A smaller output_pause caps that buffer as well, so a
+// client can leave about twice output_pause unread before its stream pauses, not output_pause plus a sysctl.
+static void cap_kernel_buffer(struct vlm__conn *c) {
+    int cur = 0;
+    size_t want = c->d->cfg.output_pause;
+    if (uv_send_buffer_size((uv_handle_t *)&c->pipe, &cur) == 0 && cur > 0 && (size_t)cur > want) {
+        int v = (int)(want / 2); // Linux doubles what it is given (bookkeeping); reads give the doubled value
+        uv_send_buffer_size((uv_handle_t *)&c->pipe, &v);
+    }
+}
+
+static void resume_conn(struct vlm__conn *c) {
+    c->paused = false;
+    c->t_progress = 0;
+    VLM_LOGI("conn %llu: the client read its output: resuming after %.1f ms", (unsigned long long)c->id,
+             vlm_time_ms() - c->t_paused);
+    for (struct vlm__job *j = c->jobs; j; j = j->conn_next) {
+        vlm__conn_hold(c, j, false);
+    }
+}
+
 // ---- writing ------------------------------------------------------------------------------------------------
 
 static void on_write(uv_write_t *req, int status) {
     struct write_req *w = (struct write_req *)req;
-    if (status < 0 && status != UV_ECANCELED && !w->conn->closing) {
-        vlm__conn_close(w->conn, uv_strerror(status));
+    struct vlm__conn *c = w->conn;
+    if (status < 0 && status != UV_ECANCELED && !c->closing) {
+        vlm__conn_close(c, uv_strerror(status));
+    } else if (c->paused && !c->closing && !c->draining && unwritten(c) <= c->d->cfg.output_pause / 2) {
+        resume_conn(c); // hysteresis: half the mark, so a client reading slowly does not flap pause/resume
     }
     free(w->data);
     free(w);
@@ -126,10 +188,10 @@ void vlm__conn_flush(struct vlm__conn *c) {
         vlm_proto_buf_reset(&c->out);
         return;
     }
-    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
-    if (queued + c->out.len > c->d->cfg.max_output) {
+    size_t queued = unwritten(c);
+    if (queued > c->d->cfg.max_output) { // the hard limit holds while paused too (errors, progress, replies)
         VLM_LOGW("conn %llu: %zu bytes unread by the client (max_output %zu): dropping it", (unsigned long long)c->id,
-                 queued + c->out.len, c->d->cfg.max_output);
+                 queued, c->d->cfg.max_output);
         vlm_proto_buf_reset(&c->out);
         vlm__conn_close(c, "output limit");
         return;
@@ -149,6 +211,12 @@ void vlm__conn_flush(struct vlm__conn *c) {
         free(w->data);
         free(w);
         vlm__conn_close(c, uv_strerror(rc));
+        return;
+    }
+    c->bytes_queued += b.len;
+    // uv_write has tried the socket already: what is queued now is what the client left unread.
+    if (!c->paused && (queued = unwritten(c)) > c->d->cfg.output_pause) {
+        pause_conn(c, queued);
     }
 }
 
@@ -240,15 +308,40 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 // ---- timeouts -----------------------------------------------------------------------------------------------
 
+// send_timeout: a paused client (or one being closed after its last answer) that takes no byte for this long is
+// dropped, which cancels its generation and frees the worker it held. True when it was dropped.
+static bool send_timed_out(struct vlm__conn *c, double now, double send_ms) {
+    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+    if (send_ms <= 0 || !(c->paused || (c->draining && queued > 0))) {
+        return false;
+    }
+    uint64_t taken = c->bytes_queued - queued;
+    if (c->t_progress == 0 || taken != c->bytes_taken) {
+        c->t_progress = now;
+        c->bytes_taken = taken;
+        return false;
+    }
+    if (now - c->t_progress <= send_ms) {
+        return false;
+    }
+    VLM_LOGW("conn %llu: client not reading for %.1f s (send_timeout %.1f s; %zu bytes unread, paused %.1f s ago): "
+             "dropping it",
+             (unsigned long long)c->id, (now - c->t_progress) / 1e3, send_ms / 1e3, unwritten(c),
+             c->paused ? (now - c->t_paused) / 1e3 : 0.0);
+    vlm__conn_close(c, "send timeout");
+    return true;
+}
+
 // One timer sweeps every client (as Redis's clientsCron) rather than a timer per connection: nothing to close
 // per client, and a few hundred comparisons a tick cost less than rearming a timer on every read.
 static void sweep_timeouts(uv_timer_t *t) {
     struct vlmd *d = t->data;
     double now = vlm_time_ms();
     double frame_ms = d->cfg.frame_timeout_s * 1e3, idle_ms = d->cfg.idle_timeout_s * 1e3;
+    double send_ms = d->cfg.send_timeout_s * 1e3;
     for (struct vlm__conn *c = d->conns, *next; c; c = next) {
         next = c->next;
-        if (c->closing || c->draining) {
+        if (c->closing || send_timed_out(c, now, send_ms) || c->draining) {
             continue;
         }
         if (c->jobs || c->ops || uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) > 0) {
@@ -265,6 +358,7 @@ static void sweep_timeouts(uv_timer_t *t) {
     }
     // A quarter of the shortest timeout: a client is closed at most 25% late. SIGHUP may change them.
     double shortest = frame_ms > 0 && (idle_ms <= 0 || frame_ms < idle_ms) ? frame_ms : idle_ms;
+    shortest = send_ms > 0 && (shortest <= 0 || send_ms < shortest) ? send_ms : shortest;
     double period = shortest > 0 ? shortest / 4 : 1000;
     uv_timer_set_repeat(t, (uint64_t)(period < 10 ? 10 : period > 1000 ? 1000 : period));
 }
@@ -322,6 +416,7 @@ static void on_connection(uv_stream_t *server, int status) {
     if (!vlm__access_admit(c)) { // access.c: SO_PEERCRED against allow_users / allow_groups
         return;
     }
+    cap_kernel_buffer(c);
     uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 

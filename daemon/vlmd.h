@@ -21,6 +21,7 @@
 
 #include <uv.h>
 
+#include "vlm/backend.h"
 #include "vlm/error.h"
 #include "vlm/generate.h"
 #include "vlm/log.h"
@@ -73,10 +74,13 @@ struct vlm__config {
     int threads;                // compute threads (0 = all CPUs)
     int32_t ctx_size;           // KV positions per request (0 = the model's default)
     bool kv_f16;
+    enum vlm_precision vision_precision; // encoder and projector matrices (vlm_tensor_set_precision)
     uint32_t queue_depth;       // asks waiting (not running) before `busy`
     uint32_t max_clients;
     size_t max_message;
-    size_t max_output;          // bytes queued to one client before it is dropped
+    size_t max_output;          // bytes queued to one client before it is dropped (hard limit)
+    size_t output_pause;        // bytes queued to one client before its streams are paused (< max_output)
+    double send_timeout_s;      // a paused client that reads nothing for this long is dropped (0: never)
     double shutdown_timeout_s;  // SIGTERM: time given to running requests before they are cancelled
     double frame_timeout_s;     // a message must arrive whole within this after its first byte (0: no limit)
     double idle_timeout_s;      // a client with nothing in flight is closed after this long silent (0: never)
@@ -292,6 +296,12 @@ struct vlm__job {
     atomic_int n_gen_live;
     int32_t gen_at_cancel;           // loop: n_gen_live when the cancel arrived (-1: not cancelled)
     double t_cancel;                 // loop: when it arrived
+    // Back-pressure: set by the loop while the client has more than output_pause unread; the worker then waits
+    // (worker->mu, worker->resume) before handing over its next piece. Cancel wakes it too.
+    atomic_bool hold;
+    uint32_t n_pauses;               // loop: times the client's unread output paused it
+    double t_held;                   // loop: when the current pause began
+    double paused_ms;                // loop: time spent paused, for the log
     // shared with the loop under d->out_mu
     bool in_out;                     // on d->out
     bool done;                       // the worker finished it
@@ -323,6 +333,7 @@ struct vlm__worker {
     uv_thread_t thread;
     uv_mutex_t mu;
     uv_cond_t cv;
+    uv_cond_t resume;             // a held ask waits here (with mu) for its client to read, or a cancel
     struct vlm__job *head, *tail; // FIFO (mu)
     uint32_t n_waiting;           // asks queued, not running (mu)
     bool quit;                    // (mu)
@@ -352,6 +363,12 @@ void vlm__job_post(struct vlmd *d, struct vlm__job *job, bool done);
 void vlm__job_cancel(struct vlm__job *job);
 // The vlm_host.should_cancel hook (user = the worker): true when the running job was cancelled.
 bool vlm__worker_should_cancel(void *user);
+// Loop side: holds (true) or releases (false) a streaming ask whose client is not reading. A held ask keeps its
+// worker: the worker waits in vlm__job_wait_released before its next piece, and a cancel releases it.
+void vlm__job_hold(struct vlm__job *job, bool hold);
+// Worker side: returns once the job is not held, or cancelled (the caller checks job->cancel), or the worker
+// is told to quit. Blocks on a condition variable; never spins.
+void vlm__job_wait_released(struct vlm__worker *w, struct vlm__job *job);
 
 // ---- work done on a worker thread (ask.c, model.c) ------------------------------------------------------------
 
@@ -382,6 +399,14 @@ struct vlm__conn {
     pid_t peer_pid;
     double t_active;            // last bytes read, or last work in flight (idle_timeout)
     double t_frame;             // first byte of the partial message held (frame_timeout); 0: none
+    // Back-pressure (server.c). `paused`: more than output_pause bytes were unread, and not yet drained below half
+    // of it; its streaming asks are held meanwhile. The send_timeout clock restarts whenever the socket takes
+    // bytes (as nginx's send_timeout: between two successive writes, not for the whole answer).
+    bool paused;
+    double t_paused;            // when it paused (log)
+    double t_progress;          // paused: when the client last took bytes
+    uint64_t bytes_queued;      // total handed to uv_write
+    uint64_t bytes_taken;       // bytes_queued - write queue, at the last check
 };
 
 int vlm__server_listen(struct vlmd *d, struct vlm_diag *diag);
@@ -389,8 +414,11 @@ int vlm__server_listen(struct vlmd *d, struct vlm_diag *diag);
 void vlm__server_stop_accepting(struct vlmd *d);
 // Stops the frame/idle timeout sweep (shutdown, once the workers are gone).
 void vlm__server_stop_timeouts(struct vlmd *d);
-// Sends what was encoded into conn->out (takes its bytes). Drops the client when its output exceeds the cap.
+// Sends what was encoded into conn->out (takes its bytes). Drops the client when its output exceeds max_output;
+// pauses its streaming asks when it exceeds output_pause (they resume when the client has read half of it).
 void vlm__conn_flush(struct vlm__conn *c);
+// Holds or releases the connection's streaming asks (rpc.c: a new ask of a connection that is paused now).
+void vlm__conn_hold(struct vlm__conn *c, struct vlm__job *job, bool hold);
 // Closes the connection now: its running asks are cancelled, queued ones dropped.
 void vlm__conn_close(struct vlm__conn *c, const char *why);
 // Closes once everything queued is written (after a fatal error reply, or at shutdown).

@@ -13,6 +13,7 @@ struct vlm__job *vlm__job_new(enum vlm__job_kind kind) {
     if (job) {
         job->kind = kind;
         atomic_init(&job->cancel, false);
+        atomic_init(&job->hold, false);
         atomic_init(&job->n_gen_live, 0);
         job->cancel_code = VLM_PROTO_ECANCELLED;
         job->gen_at_cancel = -1;
@@ -43,6 +44,36 @@ void vlm__job_cancel(struct vlm__job *job) {
         job->t_cancel = vlm_time_ms();
     }
     atomic_store(&job->cancel, true);
+    if (job->worker) { // a held ask waits for its client or for this
+        uv_mutex_lock(&job->worker->mu);
+        uv_cond_broadcast(&job->worker->resume);
+        uv_mutex_unlock(&job->worker->mu);
+    }
+}
+
+void vlm__job_hold(struct vlm__job *job, bool hold) {
+    if (!job->worker) { // not submitted yet: the flag is published by the submit's lock
+        atomic_store(&job->hold, hold);
+        return;
+    }
+    // Changed under the lock the worker checks it with, so a release cannot fall between its check and its wait.
+    uv_mutex_lock(&job->worker->mu);
+    atomic_store(&job->hold, hold);
+    if (!hold) {
+        uv_cond_broadcast(&job->worker->resume);
+    }
+    uv_mutex_unlock(&job->worker->mu);
+}
+
+void vlm__job_wait_released(struct vlm__worker *w, struct vlm__job *job) {
+    if (!atomic_load(&job->hold)) { // the common case: one atomic load per piece
+        return;
+    }
+    uv_mutex_lock(&w->mu);
+    while (atomic_load(&job->hold) && !atomic_load(&job->cancel) && !w->quit) {
+        uv_cond_wait(&w->resume, &w->mu);
+    }
+    uv_mutex_unlock(&w->mu);
 }
 
 bool vlm__worker_should_cancel(void *user) {
@@ -137,7 +168,7 @@ int vlm__worker_start(struct vlmd *d, struct vlm__worker *w, int index, struct v
     w->d = d;
     w->index = index;
     snprintf(w->device, sizeof w->device, "cpu");
-    if (uv_mutex_init(&w->mu) || uv_cond_init(&w->cv) || uv_sem_init(&w->started, 0)) {
+    if (uv_mutex_init(&w->mu) || uv_cond_init(&w->cv) || uv_cond_init(&w->resume) || uv_sem_init(&w->started, 0)) {
         return vlm_diag_set(diag, VLM_EINTERNAL, "cannot create the worker's locks");
     }
     int rc = uv_thread_create(&w->thread, worker_main, w);
@@ -160,8 +191,10 @@ void vlm__worker_stop(struct vlm__worker *w) {
     uv_mutex_lock(&w->mu);
     w->quit = true;
     uv_cond_signal(&w->cv);
+    uv_cond_broadcast(&w->resume);
     uv_mutex_unlock(&w->mu);
     uv_thread_join(&w->thread);
+    uv_cond_destroy(&w->resume);
     uv_cond_destroy(&w->cv);
     uv_mutex_destroy(&w->mu);
     uv_sem_destroy(&w->started);

@@ -877,6 +877,20 @@ static void test_second_daemon_refused(void **state) {
     ask_ok();
 }
 
+// A bad value for a flag is refused before anything starts, the message naming the key and what it takes.
+static void test_bad_flag_refused(void **state) {
+    (void)state;
+    pid_t pid = spawn_daemon(g_sock, "--vision-precision=fast");
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+    char *log = vlm_test_read_file(g_log, NULL);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "vision_precision: expected auto, exact or bf16"));
+    free(log);
+    ask_ok(); // the running daemon on the same socket was not disturbed
+}
+
 static void test_sigterm(void **state) {
     (void)state;
     struct client c;
@@ -930,6 +944,7 @@ int main(void) {
         cmocka_unit_test(test_registry_and_swap),
         cmocka_unit_test(test_reload),
         cmocka_unit_test(test_second_daemon_refused),
+        cmocka_unit_test(test_bad_flag_refused),
         cmocka_unit_test(test_sigterm),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1,7 +1,8 @@
 // Fault and load tests of vlmd over its real socket (reliability.md section 3): a client that sends a byte at a
 // time, slowloris clients (a stalled partial frame, a trickle that never completes one), an idle client, a
-// client that never reads its answers, 1000 concurrent connections and the one past max_clients, and the
-// timings of cancel, disconnect and `busy`. After each fault another client completes a normal request on the
+// client that stops reading for a while (its generation pauses, then resumes), one that never reads (dropped
+// after send_timeout) or floods requests without reading (dropped at max_output), 1000 concurrent connections
+// and the one past max_clients, and the timings of cancel, disconnect and `busy`. After each fault another client completes a normal request on the
 // same daemon and its RSS returns to within 10% of the value before ("keeps serving").
 //
 // Figures for the closing note are printed with a "figure:" prefix.
@@ -13,6 +14,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -35,11 +37,19 @@
 #define FRAME_TIMEOUT_MS 500
 #define IDLE_TIMEOUT_MS 1000
 #define MAX_CONNS 1000
+// Back-pressure (the main daemon's config file): streams pause once 4K wait unread; a client that reads nothing
+// for SEND_TIMEOUT_MS while paused is dropped. The slow reader stops reading for STALL_MS (< send_timeout) in the
+// middle of a SLOW_TOKENS answer, long enough to fill the socket buffer and output_pause many times over.
+#define OUTPUT_PAUSE     "4K"
+#define SEND_TIMEOUT_MS  1000
+#define STALL_MS         600
+#define SLOW_TOKENS      3000
 
 static char g_dir[64];
 static char g_sock[100];
 static char g_sock2[100];
 static char g_log[128];
+static char g_conf[128];
 static pid_t g_pid = -1;
 static pid_t g_pid2 = -1; // the idle-timeout test's daemon
 static int g_child_nofile;  // RLIMIT_NOFILE of the next daemon spawned (0: inherited)
@@ -142,12 +152,20 @@ static long rss_kb(pid_t pid) {
     return kb;
 }
 
+// How many times the daemon's log has `text`.
+static int log_count(const char *text) {
+    char *log = vlm_test_read_file(g_log, NULL);
+    int n = 0;
+    for (const char *p = log; p && (p = strstr(p, text)); p += strlen(text)) {
+        n++;
+    }
+    free(log);
+    return n;
+}
+
 // Whether the daemon's log has `text` (the logged reason of a drop).
 static bool log_has(const char *text) {
-    char *log = vlm_test_read_file(g_log, NULL);
-    bool found = log && strstr(log, text);
-    free(log);
-    return found;
+    return log_count(text) > 0;
 }
 
 // ---- a raw client -------------------------------------------------------------------------------------------
@@ -276,8 +294,8 @@ static void send_ask(struct client *c, uint32_t id, int32_t max_tokens, bool str
 
 struct answer {
     int code;             // wire error, 0 on success
-    char text[1 << 16];   // result text
-    char streamed[1 << 16];
+    char text[1 << 18];   // result text
+    char streamed[1 << 18];
     size_t streamed_len;
     int n_text;           // vlm.text notifications before the response
     int n_progress;
@@ -437,6 +455,7 @@ static int group_setup(void **state) {
     snprintf(g_sock, sizeof g_sock, "%s/vlmd.sock", g_dir);
     snprintf(g_sock2, sizeof g_sock2, "%s/idle.sock", g_dir);
     snprintf(g_log, sizeof g_log, "%s/vlmd.log", g_dir);
+    snprintf(g_conf, sizeof g_conf, "%s/vlmd.conf", g_dir);
     // 1000 clients need 1000 descriptors here and in the daemon (which inherits the limit).
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
@@ -454,7 +473,15 @@ static int group_setup(void **state) {
     }
     snprintf(g_max_clients_arg, sizeof g_max_clients_arg, "--max-clients=%d", g_max_clients);
     load_golden();
-    char *const extra[] = {g_max_clients_arg, "--frame-timeout", "0.5", "--max-output", "64K", NULL};
+    // output_pause and send_timeout from a file, as an operator would set them (flags override the file).
+    FILE *conf = fopen(g_conf, "w");
+    if (!conf) {
+        return -1;
+    }
+    fprintf(conf, "[daemon]\noutput_pause = %s\nsend_timeout = %g\n", OUTPUT_PAUSE, SEND_TIMEOUT_MS / 1e3);
+    fclose(conf);
+    char *const extra[] = {
+        g_max_clients_arg, "--frame-timeout", "0.5", "--max-output", "64K", "--config", g_conf, NULL};
     g_pid = spawn_daemon(g_sock, extra);
     wait_listening(g_sock, g_pid);
     return 0;
@@ -472,6 +499,7 @@ static int group_teardown(void **state) {
     }
     unlink(g_sock);
     unlink(g_sock2);
+    unlink(g_conf);
     if (getenv("VLMD_TEST_KEEP_LOG")) {
         print_message("vlmd log kept in %s\n", g_log);
     } else {
@@ -741,10 +769,157 @@ static void test_emfile(void **state) {
     unlink(g_sock2);
 }
 
-// Matrix row: a client that never reads. It starts a long streamed answer and pipelines requests without reading
-// any reply; once more than max_output (64K here) waits for it, it is dropped with a logged reason, its
-// generation is cancelled, and other clients are answered throughout.
+// One status round trip on a fresh connection (new clients are accepted and served): the time it took, and
+// whether the worker was busy.
+static double status_probe(bool *busy) {
+    struct client c;
+    client_open(&c);
+    double t0 = now_ms();
+    assert_int_equal(vlm_rpc_noparams_encode(&c.out, 1, VLM_RPC_STATUS), 0);
+    client_flush(&c);
+    struct vlm_proto_msg msg;
+    assert_int_equal(wait_response(&c, 1, &msg), 0);
+    double dt = now_ms() - t0;
+    struct vlm_rpc_worker w[4];
+    struct vlm_rpc_status s;
+    assert_int_equal(vlm_rpc_status_decode(&msg, &s, w, 4, NULL, NULL), 0);
+    *busy = w[0].busy;
+    client_close(&c);
+    return dt;
+}
+
+// Whether the daemon has closed `fd`, without reading from it (reading would let a paused stream resume).
+static bool peer_closed(int fd, int timeout_ms) {
+    struct pollfd p = {.fd = fd, .events = 0}; // POLLHUP is reported whatever is asked for
+    return poll(&p, 1, timeout_ms) == 1 && (p.revents & (POLLHUP | POLLERR));
+}
+
+// Waits until the daemon's log has `text` more than `n` times; returns when (ms since `t0`).
+static double wait_log(const char *text, int n, double t0) {
+    while (log_count(text) <= n) {
+        assert_true(now_ms() - t0 < TIMEOUT_MS);
+        usleep(2000);
+    }
+    return now_ms() - t0;
+}
+
+// The "paused N times for X ms" of the last answer logged with it.
+static double last_paused_ms(int *times) {
+    char *log = vlm_test_read_file(g_log, NULL);
+    assert_non_null(log);
+    const char *last = NULL;
+    for (const char *p = log; (p = strstr(p, ", paused ")); p++) {
+        last = p;
+    }
+    assert_non_null(last);
+    double ms = -1;
+    assert_int_equal(sscanf(last, ", paused %d times for %lf ms", times, &ms), 2);
+    free(log);
+    return ms;
+}
+
+// Matrix row: a client that stops reading for a while. Its streamed answer pauses once the socket buffer and
+// output_pause are full (the worker waits rather than piling text up) and resumes once it reads; what it receives
+// is byte for byte what a client that reads along receives. Meanwhile other clients are served, and the daemon's
+// own account (its log) shows the worker held for as long as the client did not read.
+static void test_slow_reader(void **state) {
+    (void)state;
+    long before = rss_kb(g_pid);
+    struct client c;
+    client_open(&c);
+    double t0 = now_ms();
+    send_ask(&c, 1, SLOW_TOKENS, true);
+    static struct answer want, got;
+    read_answer(&c, 1, &want);
+    double t_ref = now_ms() - t0;
+    client_close(&c);
+    assert_int_equal(want.code, 0);
+    assert_int_equal(want.tokens_generated, SLOW_TOKENS);
+    int pauses = log_count("pausing its generation"), resumes = log_count("resuming after");
+    int done_paused = log_count("(client not reading)");
+
+    client_open(&c);
+    t0 = now_ms();
+    send_ask(&c, 1, SLOW_TOKENS, true);
+    double t_pause = wait_log("pausing its generation", pauses, t0); // socket buffer and output_pause are full
+    double cpu0 = cpu_ms(g_pid), worst = 0;
+    int probes = 0;
+    while (now_ms() - t0 < t_pause + STALL_MS) {
+        bool busy;
+        double dt = status_probe(&busy);
+        worst = dt > worst ? dt : worst;
+        probes++;
+        assert_true(busy); // the worker stays with the paused ask (and is not done with it)
+        usleep(20000);
+    }
+    int unread = 0;
+    assert_int_equal(ioctl(c.fd, FIONREAD, &unread), 0);
+    double t_read = now_ms() - t0;
+    double cpu = cpu_ms(g_pid) - cpu0; // generating takes a whole core; a held worker waits, it does not spin
+    assert_true(cpu < (t_read - t_pause) / 4);
+    read_answer(&c, 1, &got);
+    double t_total = now_ms() - t0;
+    client_close(&c);
+    assert_int_equal(got.code, 0);
+    assert_int_equal(got.tokens_generated, want.tokens_generated);
+    assert_int_equal(got.streamed_len, want.streamed_len);
+    assert_memory_equal(got.streamed, want.streamed, want.streamed_len);
+    assert_string_equal(got.text, want.text);
+    assert_true(log_count("resuming after") > resumes);
+    assert_int_equal(log_count("(client not reading)"), done_paused + 1); // the answer's log line says so
+    int times;
+    double held = last_paused_ms(&times);
+    // The worker waited (rather than generating) at least for the time the client read nothing after the pause.
+    assert_true(held >= t_read - t_pause - 20);
+    print_message(
+        "figure: slow reader: a %zu-byte stream (%d vlm.text, %d tokens; %.0f ms to generate and read "
+        "along); the client read nothing for %.0f ms: paused once %.0f ms in, with %d bytes in its "
+        "socket (output_pause " OUTPUT_PAUSE "); the worker was held %.0f ms (%d pauses), the daemon used %.0f ms "
+        "of CPU meanwhile; all read after %.0f ms, byte-identical to the reading client's\n",
+        want.streamed_len, want.n_text, SLOW_TOKENS, t_ref, t_read, t_pause, unread, held, times, cpu, t_total);
+    print_message("figure: slow reader: another client's status (a new connection each time) took at most %.1f ms "
+                  "over %d probes while it was paused\n",
+                  worst, probes);
+    keeps_serving("slow reader", before);
+}
+
+// Matrix row: a client that never reads. It starts a long streamed answer and reads nothing: the generation
+// pauses at once and, after send_timeout with nothing taken, the client is dropped with a logged reason, its
+// generation cancelled and the worker freed; other clients are answered throughout.
 static void test_never_reads(void **state) {
+    (void)state;
+    long before = rss_kb(g_pid);
+    int drops = log_count("client not reading for"), pauses = log_count("pausing its generation");
+    struct client slow;
+    client_open(&slow);
+    double t0 = now_ms(), worst = 0;
+    send_ask(&slow, 1, LONG_TOKENS, true);
+    double t_pause = wait_log("pausing its generation", pauses, t0); // once its socket buffer is full
+    bool closed = false;
+    while (!closed && now_ms() - t0 < t_pause + 5 * SEND_TIMEOUT_MS) {
+        bool busy;
+        double dt = status_probe(&busy);
+        worst = dt > worst ? dt : worst;
+        closed = peer_closed(slow.fd, 20);
+    }
+    double t = now_ms() - t0 - t_pause;
+    print_message("figure: never-reads: paused %.0f ms after its ask, dropped %.0f ms later (send_timeout %d ms); "
+                  "another client's status took at most %.1f ms meanwhile\n",
+                  t_pause, t, SEND_TIMEOUT_MS, worst);
+    assert_true(closed);
+    assert_true(t >= SEND_TIMEOUT_MS - 50 && t < 2 * SEND_TIMEOUT_MS);
+    assert_int_equal(log_count("client not reading for"), drops + 1);
+    assert_true(wait_closed(slow.fd, TIMEOUT_MS) >= 0); // what was written can still be read, then EOF
+    double t_idle = wait_idle(TIMEOUT_MS);              // its generation was cancelled
+    print_message("never-reads: worker free %.1f ms after the drop was seen\n", t_idle);
+    client_close(&slow);
+    keeps_serving("never-reads", before);
+}
+
+// Matrix row: a client that never reads and keeps sending requests. Its stream is paused, but the replies to its
+// requests still pile up: max_output (64K here) is a hard limit, paused or not, and it is dropped as soon as it
+// passes it (well before send_timeout), its generation cancelled; other clients are answered throughout.
+static void test_never_reads_pipelined(void **state) {
     (void)state;
     long before = rss_kb(g_pid);
     struct client slow, other;
@@ -771,15 +946,18 @@ static void test_never_reads(void **state) {
         worst = dt > worst ? dt : worst;
         dropped = dropped || log_has("output limit");
     }
-    print_message("never-reads: dropped after %.0f ms; another client's status took at most %.1f ms meanwhile\n",
-                  now_ms() - t0, worst);
+    double t = now_ms() - t0;
+    print_message("never-reads, pipelining: dropped at max_output after %.0f ms; another client's status took at "
+                  "most %.1f ms meanwhile\n",
+                  t, worst);
     assert_true(dropped);
+    assert_true(t < SEND_TIMEOUT_MS); // the hard limit, not the timeout
     assert_true(log_has("max_output"));
-    assert_true(wait_closed(slow.fd, TIMEOUT_MS) >= 0); // what was written can still be read, then EOF
-    wait_idle(TIMEOUT_MS);                                // its generation was cancelled
+    assert_true(wait_closed(slow.fd, TIMEOUT_MS) >= 0);
+    wait_idle(TIMEOUT_MS);
     client_close(&slow);
     client_close(&other);
-    keeps_serving("never-reads", before);
+    keeps_serving("never-reads, pipelining", before);
 }
 
 static int status_clients(void) {
@@ -905,6 +1083,16 @@ static void test_busy_p99(void **state) {
     client_open(&f);
     client_open(&g);
     send_ask(&f, 1, LONG_TOKENS, false); // not streamed: nothing piles up unread
+    // The worker must have taken the long ask before the others arrive: had the loop queued all of them first,
+    // the last would be refused and the queue would never show QUEUE_DEPTH once the worker took the first.
+    for (double t0 = now_ms();; usleep(1000)) {
+        bool busy;
+        status_probe(&busy);
+        if (busy) {
+            break;
+        }
+        assert_true(now_ms() - t0 < TIMEOUT_MS);
+    }
     for (uint32_t i = 0; i < QUEUE_DEPTH; i++) {
         send_ask(&f, 2 + i, 32, false);
     }
@@ -950,14 +1138,11 @@ static void test_busy_p99(void **state) {
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_baseline),
-        cmocka_unit_test(test_byte_at_a_time),
-        cmocka_unit_test(test_slowloris),
-        cmocka_unit_test(test_idle_timeout),
-        cmocka_unit_test(test_emfile),
-        cmocka_unit_test(test_never_reads),
-        cmocka_unit_test(test_many_connections),
-        cmocka_unit_test(test_cancel_disconnect_p99),
+        cmocka_unit_test(test_baseline),         cmocka_unit_test(test_byte_at_a_time),
+        cmocka_unit_test(test_slowloris),        cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_emfile),           cmocka_unit_test(test_slow_reader),
+        cmocka_unit_test(test_never_reads),      cmocka_unit_test(test_never_reads_pipelined),
+        cmocka_unit_test(test_many_connections), cmocka_unit_test(test_cancel_disconnect_p99),
         cmocka_unit_test(test_busy_p99),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
