@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "daemon/vlmd.h"
 
@@ -24,9 +25,12 @@ static int fail_why(const char **why, const char *text, int rc) {
 }
 
 int vlm__model_resolve(const struct vlmd *d, const char *name, bool paths, char *out, size_t cap, uint64_t *size,
-                       struct vlm_diag *diag, const char **why) {
+                       int *fd, struct vlm_diag *diag, const char **why) {
+    if (fd) {
+        *fd = -1;
+    }
     if (!paths) { // names from clients and the config: resolved by the kernel inside the directory (modelpath.c)
-        return vlm__model_beneath(d->cfg.model_dir, name, out, cap, size, diag, why);
+        return vlm__model_beneath(d->cfg.model_dir, name, out, cap, size, fd, diag, why);
     }
     size_t len = strlen(name);
     char joined[PATH_MAX + VLMD_MODEL_MAX];
@@ -111,6 +115,9 @@ static void unlink_component(struct vlmd *d, struct vlm__component *c) {
 }
 
 static void free_component(struct vlm__component *c) {
+    if (c->fd >= 0) {
+        close(c->fd);
+    }
     free(c->waiters);
     free(c);
 }
@@ -147,12 +154,16 @@ struct vlm__component *vlm__component_get(struct vlmd *d, enum vlm_plugin_kind k
                                           struct vlm__op *op, struct vlm_diag *diag, const char **why) {
     char path[PATH_MAX];
     uint64_t size = 0;
-    if (vlm__model_resolve(d, spec->model, spec->paths, path, sizeof path, &size, diag, why) != 0) {
+    int fd = -1;
+    if (vlm__model_resolve(d, spec->model, spec->paths, path, sizeof path, &size, &fd, diag, why) != 0) {
         return NULL;
     }
     if (spec->plugin[0]) {
         struct vlm__plugin_entry *e = vlm__registry_find(&d->reg, spec->plugin);
         if (!e || e->kind != kind) {
+            if (fd >= 0) {
+                close(fd);
+            }
             fail_why(why, VLM__WHY_PLUGIN_NOT_FOUND,
                      vlm_diag_set(diag, VLM_ENOTFOUND, "no %s plugin named '%s'", kind_name(kind), spec->plugin));
             return NULL;
@@ -161,6 +172,9 @@ struct vlm__component *vlm__component_get(struct vlmd *d, enum vlm_plugin_kind k
     for (struct vlm__component *c = d->components; c; c = c->next) {
         if (c->kind == kind && c->state != VLM__COMP_FAILED && !strcmp(c->path, path) &&
             !strcmp(c->plugin_req, spec->plugin)) {
+            if (fd >= 0) {
+                close(fd); // the loaded (or loading) file serves: in use, it stays what it was
+            }
             c->refs++;
             if (c->state == VLM__COMP_LOADING && op) {
                 add_waiter(c, op);
@@ -171,6 +185,9 @@ struct vlm__component *vlm__component_get(struct vlmd *d, enum vlm_plugin_kind k
     struct vlm__component *c = calloc(1, sizeof *c);
     struct vlm__job *job = vlm__job_new(VLM__JOB_LOAD);
     if (!c || !job) {
+        if (fd >= 0) {
+            close(fd);
+        }
         free(c);
         vlm__job_free(job);
         fail_why(why, VLM__WHY_OUT_OF_MEMORY, vlm_diag_set(diag, VLM_ENOMEM, "out of memory"));
@@ -180,6 +197,7 @@ struct vlm__component *vlm__component_get(struct vlmd *d, enum vlm_plugin_kind k
     snprintf(c->plugin_req, sizeof c->plugin_req, "%s", spec->plugin);
     snprintf(c->name, sizeof c->name, "%s", spec->model);
     snprintf(c->path, sizeof c->path, "%s", path);
+    c->fd = fd; // the load opens this very file (vlm__model_open_path), then closes it
     c->bytes = size;
     c->refs = 1;
     c->state = VLM__COMP_LOADING;

@@ -3,6 +3,7 @@
 // shared object mapped until the model is unloaded.
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "daemon/vlmd.h"
 #include "vlm/gguf.h"
@@ -25,6 +26,26 @@ static int probe_arch(const char *path, char *arch, size_t cap, struct vlm_diag 
     return 0;
 }
 
+// Messages name the file as the loader opened it (/proc/self/fd/N): put the model's path back for the log.
+static void name_the_file(struct vlm_diag *diag, const char *opened, const char *path) {
+    size_t n = strlen(opened);
+    char *at = opened != path ? strstr(diag->msg, opened) : NULL;
+    if (!at || (at[n] >= '0' && at[n] <= '9')) { // not there, or fd 1 matched inside fd 12
+        return;
+    }
+    char rest[sizeof diag->msg];
+    snprintf(rest, sizeof rest, "%s", at + n);
+    snprintf(at, sizeof diag->msg - (size_t)(at - diag->msg), "%s%s", path, rest);
+}
+
+// The model is mapped (or refused): the descriptor has done its job.
+static void done_with_fd(struct vlm__component *c) {
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+}
+
 static const char *kind_name(enum vlm_plugin_kind k) {
     return k == VLM_PLUGIN_KIND_ENCODER ? "encoder" : k == VLM_PLUGIN_KIND_PROJECTOR ? "projector" : "llm";
 }
@@ -36,7 +57,10 @@ void vlm__model_load(struct vlm__worker *w, struct vlm__component *c) {
     struct vlm__plugin_entry *e = NULL;
     char arch[64] = "";
     c->load_why = NULL;
-    int rc = probe_arch(c->path, arch, sizeof arch, diag, &c->load_why);
+    // the file checked in the model directory, whatever its name points at by now (modelpath.c)
+    char fd_path[32];
+    const char *path = vlm__model_open_path(c->fd, c->path, fd_path, sizeof fd_path);
+    int rc = probe_arch(path, arch, sizeof arch, diag, &c->load_why);
     if (rc) {
         if (rc != VLM_ENOMEM) { // whatever the reader's reason (truncated, bad magic, ...): not a usable model
             rc = VLM_EBADMODEL;
@@ -79,18 +103,18 @@ void vlm__model_load(struct vlm__worker *w, struct vlm__component *c) {
     switch (c->kind) {
     case VLM_PLUGIN_KIND_LLM: {
         struct vlm_llm_params lp = {.n_ctx = d->cfg.ctx_size, .kv_type = d->cfg.kv_f16 ? VLM_TYPE_F16 : VLM_TYPE_F32};
-        if ((rc = desc->llm->load(&host, c->path, &lp, &c->model, diag)) == 0) {
+        if ((rc = desc->llm->load(&host, path, &lp, &c->model, diag)) == 0) {
             desc->llm->info(c->model, &c->llm_info);
         }
         break;
     }
     case VLM_PLUGIN_KIND_ENCODER:
-        if ((rc = desc->encoder->load(&host, c->path, &c->model, diag)) == 0) {
+        if ((rc = desc->encoder->load(&host, path, &c->model, diag)) == 0) {
             desc->encoder->info(c->model, &c->enc_info);
         }
         break;
     case VLM_PLUGIN_KIND_PROJECTOR:
-        if ((rc = desc->projector->load(&host, c->path, &c->model, diag)) == 0) {
+        if ((rc = desc->projector->load(&host, path, &c->model, diag)) == 0) {
             desc->projector->info(c->model, &c->proj_info);
         }
         break;
@@ -108,8 +132,11 @@ void vlm__model_load(struct vlm__worker *w, struct vlm__component *c) {
     c->loaded_entry = e;
     c->load_rc = 0;
     c->load_ms = vlm_time_ms() - t0;
+    done_with_fd(c);
     return;
 fail:
+    name_the_file(diag, path, c->path);
+    done_with_fd(c);
     if (c->plugin) {
         vlm_plugin_close(c->plugin);
         c->plugin = NULL;

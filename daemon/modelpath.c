@@ -73,7 +73,7 @@ static int open_beneath(int dirfd, const char *name) {
     return (int)fd;
 }
 
-int vlm__model_beneath(const char *model_dir, const char *name, char *out, size_t cap, uint64_t *size,
+int vlm__model_beneath(const char *model_dir, const char *name, char *out, size_t cap, uint64_t *size, int *fd_out,
                        struct vlm_diag *diag, const char **why) {
     size_t len = strlen(name);
     if (len == 0 || len >= VLMD_MODEL_MAX) {
@@ -117,16 +117,30 @@ int vlm__model_beneath(const char *model_dir, const char *name, char *out, size_
                     vlm_diag_set(diag, VLM_ENOTFOUND, "model '%s' not found in %s: %s", name, dir, strerror(e)));
     }
     struct stat st;
-    int src = fstat(fd, &st);
-    close(fd);
-    if (src != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
         return fail(why, VLM__WHY_MODEL_NOT_FILE,
                     vlm_diag_set(diag, VLM_ENOTFOUND, "model '%s' is not a regular file", name));
     }
     if (strlen(dir) + 1 + len >= cap) {
+        close(fd);
         return fail(why, VLM__WHY_PATH_TOO_LONG, vlm_diag_set(diag, VLM_EINVAL, "model '%s': path too long", name));
     }
     snprintf(out, cap, "%s/%s", dir, name);
     *size = (uint64_t)st.st_size;
+    if (fd_out) {
+        *fd_out = fd;
+    } else {
+        close(fd);
+    }
     return 0;
+}
+
+const char *vlm__model_open_path(int fd, const char *path, char *buf, size_t cap) {
+    if (fd < 0) {
+        return path;
+    }
+    snprintf(buf, cap, "/proc/self/fd/%d", fd);
+    // without /proc (a bare container) the name is the best there is; systemd's ProtectProc=invisible keeps self
+    return access(buf, F_OK) == 0 ? buf : path;
 }

@@ -539,7 +539,7 @@ static void on_component(struct vlm__conn *c, const struct vlm_proto_msg *msg) {
         char path[PATH_MAX];
         uint64_t size;
         const char *why = NULL;
-        if ((rc = vlm__model_resolve(d, slot.model, false, path, sizeof path, &size, &diag, &why)) != 0) {
+        if ((rc = vlm__model_resolve(d, slot.model, false, path, sizeof path, &size, NULL, &diag, &why)) != 0) {
             VLM_LOGI("conn %llu: chain %s: load refused: %s", (unsigned long long)c->id, name, diag.msg);
             reply_why(c, msg->msgid, rc, name, why);
             return;

@@ -151,6 +151,7 @@ struct vlm__component {
     char plugin_req[VLM_PROTO_NAME_MAX + 1]; // as asked ("" = by architecture)
     char name[VLMD_MODEL_MAX];               // the model's name as given (what clients see)
     char path[PATH_MAX];                     // resolved file
+    int fd;                                  // O_PATH descriptor of it until loaded (-1: a config path); worker
     uint32_t refs;                           // chains' slots + running jobs (loop)
     enum vlm__comp_state state;              // loop
     struct vlm__plugin_entry *entry;         // plugin used, once loaded (loop)
@@ -238,8 +239,11 @@ struct vlm__op *vlm__op_new(struct vlmd *d, enum vlm__op_kind kind, struct vlm__
                             struct vlm__chain *chain);
 // Resolves a model name (relative to the model dir, no "..", regular file, not outside it through a symlink)
 // or, with `paths`, a path as given. Returns 0 or VLM_ENOTFOUND / VLM_EINVAL with diag (for the log) and *why.
+// With `fd` not NULL, *fd gets the O_PATH descriptor of the very file checked (names; -1 for paths), which the
+// caller closes: loading through it (vlm__model_open_path) leaves no gap for a rename in the model directory
+// between the check and the open.
 int vlm__model_resolve(const struct vlmd *d, const char *name, bool paths, char *out, size_t cap, uint64_t *size,
-                       struct vlm_diag *diag, const char **why);
+                       int *fd, struct vlm_diag *diag, const char **why);
 
 // Why a load or swap failed, as its client reads it: fixed texts, never a path, a model name or a library's
 // message (those go to the log under the request's id). The wire code comes from the VLM_E* code beside it.
@@ -495,7 +499,11 @@ int vlm__access_set(struct vlm__access *a, bool groups, const char *value, char 
 bool vlm__access_admit(struct vlm__conn *c);
 // Resolves `name` inside `model_dir` with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) and O_PATH: no "..", no
 // absolute path, no symlink, regular files only; nothing is opened for reading. Fills `out` with the file's path.
-int vlm__model_beneath(const char *model_dir, const char *name, char *out, size_t cap, uint64_t *size,
+// With `fd` not NULL the O_PATH descriptor stays open in *fd (the caller closes it).
+int vlm__model_beneath(const char *model_dir, const char *name, char *out, size_t cap, uint64_t *size, int *fd,
                        struct vlm_diag *diag, const char **why);
+// The path a plugin should open for a file held by O_PATH descriptor `fd` (/proc/self/fd/N: it reopens that inode,
+// whatever the name points at now), or `path` when fd < 0 or /proc is not there.
+const char *vlm__model_open_path(int fd, const char *path, char *buf, size_t cap);
 
 #endif // VLMD_H

@@ -8,6 +8,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -494,6 +496,85 @@ static void test_model_names_confined(void **state) {
     assert_int_equal(hello_once(), 0); // still serving
 }
 
+// A writer of the model directory flips a name between a model file and a symlink out of the directory
+// (renameat2 RENAME_EXCHANGE, as fast as it can) while clients load that name. The daemon checks the name with
+// openat2 on the loop thread and the worker opens the file later: it must open the very file it checked, through
+// the descriptor of the check, never the symlink's target. Every load either gets the model file or NOT_FOUND
+// (the check met the symlink); inotify on the outside file must see no open.
+static atomic_bool g_flip_stop;
+static atomic_long g_flips;
+
+static void *flipper(void *arg) {
+    (void)arg;
+    while (!atomic_load(&g_flip_stop)) {
+        if (renameat2(AT_FDCWD, "race.gguf", AT_FDCWD, "race-alt", RENAME_EXCHANGE) != 0) {
+            break;
+        }
+        atomic_fetch_add(&g_flips, 1);
+    }
+    return NULL;
+}
+
+static void test_model_rename_race(void **state) {
+    (void)state;
+    assert_true(g_pid > 0);
+    char outside[160], path[300], cwd[512];
+    snprintf(outside, sizeof outside, "%s/outside-race.gguf", g_dir);
+    copy_file(MODEL, outside);
+    snprintf(path, sizeof path, "%s/race.gguf", g_models);
+    copy_file(MODEL, path);
+    snprintf(path, sizeof path, "%s/race-alt", g_models);
+    assert_int_equal(symlink(outside, path), 0);
+    int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    assert_true(in >= 0);
+    int wd = inotify_add_watch(in, outside, IN_OPEN | IN_ACCESS);
+    assert_true(wd >= 0);
+
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(g_models), 0);
+    atomic_store(&g_flip_stop, false);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, flipper, NULL), 0);
+    struct client c;
+    assert_int_equal(client_open(&c), 0);
+    uint32_t id = 1000;
+    int ok = 0, not_found = 0;
+    for (int i = 0; i < 150; i++) {
+        // a swap to the racing name loads a fresh component (the previous one was released by the swap back)
+        int code = request_component(&c, id++, VLM_RPC_SWAP, "default", "race.gguf", 9);
+        if (code == 0) {
+            ok++;
+        } else if (code == VLM_PROTO_ENOT_FOUND) {
+            not_found++;
+        } else {
+            fail_msg("load %d of the racing name: answered %d, expected 0 or NOT_FOUND", i, code);
+        }
+        assert_int_equal(request_component(&c, id++, VLM_RPC_SWAP, "default", "model2.gguf", 11), 0);
+    }
+    atomic_store(&g_flip_stop, true);
+    pthread_join(th, NULL);
+    client_close(&c);
+    assert_int_equal(chdir(cwd), 0);
+    int opened = 0;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    ssize_t n;
+    while ((n = read(in, buf, sizeof buf)) > 0) {
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *)(void *)p;
+            opened += ev->wd == wd && (ev->mask & (IN_OPEN | IN_ACCESS));
+            p += sizeof *ev + ev->len;
+        }
+    }
+    close(in);
+    printf("# rename race: %ld flips during 150 loads: %d loaded the model file, %d refused (symlink at the check); "
+           "opens of the outside file: %d\n",
+           atomic_load(&g_flips), ok, not_found, opened);
+    assert_true(ok > 0);
+    assert_int_equal(opened, 0);
+    assert_false(log_contains("/proc/self/fd/")); // messages name the model, not the descriptor
+    assert_int_equal(hello_once(), 0);
+}
+
 // Runs in a child: become uid/gid 65534 and say hello. Exit 0: answered; 1: refused with PERMISSION and
 // disconnected; anything else: a failure.
 static int nobody_hello(void) {
@@ -677,6 +758,7 @@ int main(void) {
         cmocka_unit_test(test_connect_before_start),
         cmocka_unit_test(test_sigkill_restart),
         cmocka_unit_test(test_model_names_confined),
+        cmocka_unit_test(test_model_rename_race),
         cmocka_unit_test(test_uid_not_allowed),
         cmocka_unit_test(test_sigterm_streams),
     };
