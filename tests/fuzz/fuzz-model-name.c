@@ -147,17 +147,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint64_t fsize = UINT64_MAX;
     struct vlm_diag diag = {0, ""};
     const char *why = NULL;
-    int rc = vlm__model_resolve(daemon_state, name, paths, out, sizeof out, &fsize, &diag, &why);
+    int fd = -2;
+    int rc = vlm__model_resolve(daemon_state, name, paths, out, sizeof out, &fsize, &fd, &diag, &why);
     if (rc != 0) {
+        check(fd == -1); // nothing held open on a refusal
         check(rc == VLM_EINVAL || rc == VLM_ENOTFOUND);
         check(diag.code == rc && diag.msg[0] != 0);
         // What the client reads is a fixed text: never the name, a path or a library's message.
         check(why != NULL && why[0] != 0 && strchr(why, '/') == NULL && strstr(why, root) == NULL);
         return 0;
     }
-    struct stat st;
+    struct stat st, fst;
     check(strlen(name) > 0 && strlen(name) < VLMD_MODEL_MAX);
     check(stat(out, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == fsize);
+    // a name holds the very file it resolved (the load opens it through the descriptor); a path holds nothing
+    check(paths ? fd == -1 : fd >= 0 && fstat(fd, &fst) == 0 && fst.st_ino == st.st_ino && fst.st_dev == st.st_dev);
+    if (fd >= 0) {
+        close(fd);
+    }
     char canon[PATH_MAX];
     check(realpath(out, canon) != NULL && strcmp(canon, out) == 0);
     if (!paths) {
